@@ -1,0 +1,90 @@
+"""`auvmae <command>`: the command-line entry point.
+
+Training commands take `--config=configs/FILE.py[:ARG]`, `--config.KEY=VALUE`
+overrides and `--workdir=DIR`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+from auvmae_jax.errors import UserError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:B", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and pictures.")
+
+USAGE = """usage: auvmae COMMAND [--flags]
+
+commands:
+  demo       build the synthetic face videos and pre-train a tiny model on them
+  pretrain   VideoMAE pre-training: --config=configs/pretrain.py[:PRESET] --workdir=DIR
+
+`auvmae COMMAND --helpfull` lists the flags."""
+
+
+def _demo() -> None:
+    from auvmae_jax import demo
+
+    demo.run(FLAGS.workdir or "auvmae_demo")
+
+
+def _pretrain() -> None:
+    from auvmae_jax import pretrain
+
+    config, workdir = _require_config_and_workdir()
+    pretrain.train(config, workdir)
+
+
+COMMANDS = {"demo": _demo, "pretrain": _pretrain}
+
+
+def _require_config_and_workdir():
+    if FLAGS.config is None:
+        raise UserError("--config is required, e.g. --config=configs/pretrain.py:B")
+    if not FLAGS.workdir:
+        raise UserError("--workdir is required")
+    return FLAGS.config, FLAGS.workdir
+
+
+def setup_logging() -> None:
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/jax chatter
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("auvmae").setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if len(argv) >= 2 else 2
+    command = argv[1]
+    if command not in COMMANDS:
+        print(f"auvmae: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    try:
+        FLAGS(["auvmae " + command, *argv[2:]])
+    except flags.Error as e:
+        print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    setup_logging()
+    try:
+        COMMANDS[command]()
+    except UserError as e:
+        print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _one_line(e: Exception) -> str:
+    return " ".join(str(e).split())
+
+
+def entry_point() -> None:
+    sys.exit(main())

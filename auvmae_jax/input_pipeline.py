@@ -1,0 +1,185 @@
+"""grain pipelines over TFDS ArrayRecord clips (the DATA.md record schema).
+
+A record holds `frames` (JPEG bytes per frame) and, for labelled datasets,
+`labels`/`valid` `[T, N]`. The pipeline samples `num_frames` frames with a
+temporal stride, decodes only those, applies one random resized crop and flip
+per clip, and batches uint8 frames; normalisation happens on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+from PIL import Image
+
+from auvmae_jax.errors import UserError
+
+log = logging.getLogger("auvmae")
+
+
+# ---------------------------------------------------------------------------- sources
+
+
+def load_builder(data_cfg: Any):
+    """The TFDS builder named by the data config, built first if it is the synthetic one.
+
+    `data_cfg.name`: 'synthetic_faces' (built on demand into `data_dir` from
+    `data_cfg.synthetic`), the name of a builder in `data_builders`, or the path
+    of a prepared builder directory (`.../name/config/version`).
+    """
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.expanduser(data_cfg.data_dir)
+    if data_cfg.name == "synthetic_faces":
+        import data_builders
+
+        return data_builders.build_synthetic(data_dir, **dict(data_cfg.synthetic))
+    if os.path.isdir(data_cfg.name):
+        return tfds.builder_from_directory(data_cfg.name)
+    import data_builders  # noqa: F401  (registers the project's builders)
+
+    try:
+        builder = tfds.builder(data_cfg.name, data_dir=data_dir)
+    except Exception as e:  # tfds raises several types for unknown names/configs
+        raise UserError(f"dataset {data_cfg.name!r} in {data_dir}: {e}") from e
+    if not builder.is_prepared():
+        raise UserError(
+            f"dataset {data_cfg.name!r} is not prepared in {data_dir}: run `auvmae build-data` first"
+        )
+    return builder
+
+
+def data_source(builder, split: str):
+    """Random-access source of one split; a clear error if it is missing or empty."""
+    try:
+        source = builder.as_data_source(split)
+    except Exception as e:
+        raise UserError(f"dataset {builder.data_dir}: cannot read split {split!r}: {e}") from e
+    if len(source) == 0:
+        raise UserError(f"dataset {builder.data_dir}: split {split!r} has no examples")
+    return source
+
+
+# ---------------------------------------------------------------------------- transforms
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampler:
+    """Record -> `{'frames': uint8 [T, S, S, 3], ('labels', 'valid': uint8 [T*stride, N])}`.
+
+    Training picks a random temporal start, a random resized crop (area `crop_scale`
+    of the frame, aspect ratio `crop_ratio`) shared by every frame, and a
+    horizontal flip with probability 1/2; evaluation takes the first frames, no
+    crop and no flip. Labels cover every frame of the sampled span.
+    """
+
+    num_frames: int
+    temporal_stride: int
+    image_size: int
+    train: bool
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: bool = True
+    with_labels: bool = False
+
+    def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict:
+        frames = record["frames"]
+        span = (self.num_frames - 1) * self.temporal_stride + 1
+        if len(frames) < span:
+            raise UserError(
+                f"clip of {len(frames)} frames is shorter than {self.num_frames} frames at stride "
+                f"{self.temporal_stride}; rebuild the data with a longer clip_length"
+            )
+        start = int(rng.integers(0, len(frames) - span + 1)) if self.train else 0
+        ids = range(start, start + span, self.temporal_stride)
+        images = [Image.open(io.BytesIO(bytes(frames[i]))) for i in ids]
+        box = self._crop_box(images[0].size, rng) if self.train else None
+        size = (self.image_size, self.image_size)
+        out = np.stack([np.asarray(im.convert("RGB").resize(size, Image.BILINEAR, box=box))
+                        for im in images])
+        if self.train and self.flip and rng.random() < 0.5:
+            out = out[:, :, ::-1]
+        example = {"frames": np.ascontiguousarray(out)}
+        if self.with_labels:
+            full = range(start, start + self.num_frames * self.temporal_stride)
+            for key in ("labels", "valid"):
+                arr = np.asarray(record[key])
+                # Past the clip's end (stride > 1) labels are unknown: valid = 0.
+                padded = np.concatenate([arr, np.zeros((len(full), arr.shape[1]), arr.dtype)])
+                example[key] = padded[full.start:full.stop].astype(np.uint8)
+        return example
+
+    def _crop_box(self, size: tuple[int, int], rng: np.random.Generator):
+        """Random resized crop box (x0, y0, x1, y1), torchvision's sampling rule."""
+        width, height = size
+        area = width * height
+        for _ in range(10):
+            target = area * rng.uniform(*self.crop_scale)
+            ratio = np.exp(rng.uniform(np.log(self.crop_ratio[0]), np.log(self.crop_ratio[1])))
+            w = int(round(np.sqrt(target * ratio)))
+            h = int(round(np.sqrt(target / ratio)))
+            if 0 < w <= width and 0 < h <= height:
+                x0 = int(rng.integers(0, width - w + 1))
+                y0 = int(rng.integers(0, height - h + 1))
+                return (x0, y0, x0 + w, y0 + h)
+        return (0, 0, width, height)
+
+
+# ---------------------------------------------------------------------------- datasets
+
+
+def make_dataset(
+    source,
+    sampler: ClipSampler,
+    *,
+    batch_size: int,
+    seed: int,
+    worker_count: int = 0,
+    repeat: bool = True,
+    shard_by_process: bool = True,
+) -> grain.IterDataset:
+    """Per-process batches of `batch_size // process_count` clips.
+
+    Each process reads its own strided shard of the records. Training shuffles
+    (re-shuffled every epoch) and repeats forever; `worker_count > 0` decodes in
+    that many worker processes.
+    """
+    ds = grain.MapDataset.source(source)
+    if shard_by_process and jax.process_count() > 1:
+        ds = ds[jax.process_index():: jax.process_count()]
+    nproc = jax.process_count() if shard_by_process else 1
+    if batch_size % nproc:
+        raise UserError(f"batch_size {batch_size} is not divisible by {nproc} processes")
+    local_batch = batch_size // nproc
+    if repeat and len(ds) < local_batch:
+        log.warning("only %d clips for a per-process batch of %d: clips repeat in a batch",
+                    len(ds), local_batch)
+    ds = ds.seed(seed)
+    if repeat:
+        ds = ds.shuffle().repeat()
+    ds = ds.random_map(sampler) if sampler.train else ds.map(sampler)
+    ds = ds.batch(local_batch, drop_remainder=repeat)
+    it = ds.to_iter_dataset()
+    if worker_count > 0:
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return it
+
+
+def sampler_from_config(data_cfg: Any, *, train: bool, with_labels: bool = False) -> ClipSampler:
+    return ClipSampler(
+        num_frames=data_cfg.num_frames,
+        temporal_stride=data_cfg.temporal_stride,
+        image_size=data_cfg.image_size,
+        train=train,
+        crop_scale=tuple(data_cfg.crop_scale),
+        crop_ratio=tuple(data_cfg.crop_ratio),
+        flip=data_cfg.flip,
+        with_labels=with_labels,
+    )

@@ -1,0 +1,44 @@
+"""Pre-training target and loss (SPEC §1, eq. 1). Fine-tuning losses join in issue 3."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from auvmae_jax.models import patchify
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_frames(frames: jax.Array, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
+    """uint8 `[..., 3]` -> (`[0, 1]` float32 frames, ImageNet-normalised frames in `dtype`)."""
+    x01 = frames.astype(jnp.float32) / 255.0
+    mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+    std = jnp.asarray(IMAGENET_STD, jnp.float32)
+    return x01, ((x01 - mean) / std).astype(dtype)
+
+
+def mae_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool = True) -> jax.Array:
+    """Reconstruction targets `[B, L, kt*p*p*3]` from `[0, 1]` frames `[B, T, H, W, 3]`.
+
+    With `normalize`, each tubelet is standardised per channel over its kt*p*p
+    values with the unbiased variance: `(x - mean) / (std + 1e-6)` (VideoMAE's
+    norm_pix_loss). Values are ordered (t, h, w, c) inside a tubelet.
+    """
+    x = patchify(video01.astype(jnp.float32), tubelet, patch)  # [B, L, P, C]
+    if normalize:
+        mean = x.mean(axis=2, keepdims=True)
+        std = jnp.sqrt(x.var(axis=2, keepdims=True, ddof=1))
+        x = (x - mean) / (std + 1e-6)
+    return x.reshape(x.shape[0], x.shape[1], -1)
+
+
+def reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean squared error over masked tokens and pixel values (eq. 1).
+
+    `pred`, `target`: `[B, Tt*Sm, P]`. With tube masking every temporal index has
+    the same number of masked tokens, so the per-frame mean then the mean over
+    frames equals this plain mean.
+    """
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))

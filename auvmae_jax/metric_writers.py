@@ -1,0 +1,133 @@
+"""Metric writers: console + TensorBoard event files, and a progress reporter.
+
+clu 0.0.12's `metric_writers` package imports TensorFlow on import (its
+SummaryWriter), so these follow clu's `MetricWriter` interface on top of
+tensorboardX instead; TensorBoard reads the event files as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+log = logging.getLogger("auvmae")
+
+
+class MetricWriter:
+    """clu-style interface: scalars, images (uint8 `[H, W, 3]`), hparams."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None: ...
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None: ...
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleWriter(MetricWriter):
+    def write_scalars(self, step, scalars):
+        text = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(scalars.items()))
+        log.info("[%d] %s", step, text)
+
+    def write_images(self, step, images):
+        log.info("[%d] images: %s", step, ", ".join(f"{k} {np.shape(v)}" for k, v in images.items()))
+
+    def write_hparams(self, hparams):
+        log.info("hparams: %s", dict(hparams))
+
+
+class TensorBoardWriter(MetricWriter):
+    """Event files under `logdir` through tensorboardX."""
+
+    def __init__(self, logdir: str):
+        from tensorboardX import SummaryWriter
+
+        self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+
+    def write_scalars(self, step, scalars):
+        for k, v in scalars.items():
+            self._writer.add_scalar(k, float(v), global_step=step)
+
+    def write_images(self, step, images):
+        for k, v in images.items():
+            self._writer.add_image(k, np.asarray(v), global_step=step, dataformats="HWC")
+
+    def write_hparams(self, hparams):
+        self._writer.add_text("hparams", "\n".join(f"    {k}: {v}" for k, v in sorted(hparams.items())))
+
+    def flush(self):
+        self._writer.flush()
+
+    def close(self):
+        self._writer.close()
+
+
+class MultiWriter(MetricWriter):
+    def __init__(self, writers: Sequence[MetricWriter]):
+        self._writers = list(writers)
+
+    def write_scalars(self, step, scalars):
+        for w in self._writers:
+            w.write_scalars(step, scalars)
+
+    def write_images(self, step, images):
+        for w in self._writers:
+            w.write_images(step, images)
+
+    def write_hparams(self, hparams):
+        for w in self._writers:
+            w.write_hparams(hparams)
+
+    def flush(self):
+        for w in self._writers:
+            w.flush()
+
+    def close(self):
+        for w in self._writers:
+            w.close()
+
+
+def create_writer(logdir: str) -> MetricWriter:
+    """Console on every process; TensorBoard events from process 0 only."""
+    if jax.process_index() != 0:
+        return MetricWriter()
+    os.makedirs(logdir, exist_ok=True)
+    return MultiWriter([ConsoleWriter(), TensorBoardWriter(logdir)])
+
+
+class ProgressReporter:
+    """Measures steps/s between reports and predicts the time left."""
+
+    def __init__(self, num_steps: int, first_step: int = 0):
+        self.num_steps = num_steps
+        self._last_step = first_step
+        self._last_time = time.perf_counter()
+
+    def __call__(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+        self._last_step, self._last_time = step, now
+        eta = (self.num_steps - step) / rate if rate > 0 else float("nan")
+        log.info("step %d/%d, %.2f steps/s, ETA %s", step, self.num_steps, rate, _duration(eta))
+        return {"steps_per_sec": rate}
+
+
+def _duration(seconds: float) -> str:
+    if not np.isfinite(seconds):
+        return "?"
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _fmt(v: Any) -> str:
+    v = float(v)
+    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.4e}"

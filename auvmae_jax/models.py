@@ -1,0 +1,246 @@
+"""Video ViT encoder, VideoMAE decoder and presets.
+
+Shapes: video `[B, T, H, W, 3]` (normalised), tokens `[B, L, D]` with
+`L = T/kt * H/p * W/p` flattened in `(t, h, w)` order. Parameters carry logical
+axis names (`embed`, `mlp`, `heads`, `kv`, ...); `sharding.py` maps them to the mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from auvmae_jax import masking
+
+# width, depth, heads of the encoder; the MAE decoder's width, depth, heads.
+PRESETS: dict[str, dict[str, int]] = {
+    "mini": dict(width=32, depth=2, heads=2, dec_width=32, dec_depth=1, dec_heads=2),
+    "tiny": dict(width=192, depth=4, heads=3, dec_width=96, dec_depth=2, dec_heads=3),
+    "S": dict(width=384, depth=12, heads=6, dec_width=192, dec_depth=4, dec_heads=3),
+    "B": dict(width=768, depth=12, heads=12, dec_width=384, dec_depth=4, dec_heads=6),
+    "L": dict(width=1024, depth=24, heads=16, dec_width=512, dec_depth=4, dec_heads=8),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of the video ViT (and of its MAE decoder)."""
+
+    width: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+    tubelet_size: int = 2
+    layer_norm_eps: float = 1e-6
+    final_norm: bool = True  # official pre-training encoders end in a LayerNorm
+    dec_width: int = 384
+    dec_depth: int = 4
+    dec_heads: int = 6
+    drop_path: float = 0.0
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+    remat: bool = False
+    attention_impl: str | None = None  # None: best available, 'xla', 'cudnn'
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ViTConfig:
+        """From a config dict with `preset` and optional overrides of any field."""
+        cfg = dict(cfg)
+        preset = cfg.pop("preset", None)
+        if preset and preset not in PRESETS:
+            raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
+        fields = dict(PRESETS[preset]) if preset else {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(cfg) - names
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(names)}")
+        fields.update(cfg)
+        return cls(**fields)
+
+    def grid(self, num_frames: int, height: int, width: int | None = None) -> tuple[int, int, int]:
+        """Token grid `(t, h, w)` of a clip of `num_frames` frames of `height x width`."""
+        width = height if width is None else width
+        kt, p = self.tubelet_size, self.patch_size
+        if num_frames % kt or height % p or width % p:
+            raise ValueError(
+                f"clip {num_frames}x{height}x{width} is not divisible into {kt}x{p}x{p} tubelets")
+        return num_frames // kt, height // p, width // p
+
+
+def sincos_table(length: int, dim: int) -> np.ndarray:
+    """VideoMAE's fixed position table `[length, dim]`: sin on even, cos on odd dims."""
+    pos = np.arange(length, dtype=np.float64)[:, None]
+    j = np.arange(dim)[None, :]
+    angle = pos / np.power(10000.0, 2 * (j // 2) / dim)
+    return np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)
+
+
+def patchify(video: jax.Array, tubelet: int, patch: int) -> jax.Array:
+    """`[B, T, H, W, C]` -> `[B, L, tubelet*patch*patch, C]`, tokens in (t, h, w) order."""
+    b, t, h, w, c = video.shape
+    x = video.reshape(b, t // tubelet, tubelet, h // patch, patch, w // patch, patch, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
+
+
+def _dense_init(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _norm(cfg: ViTConfig, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=_zeros(("norm",)),
+        name=name,
+    )
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with VideoMAE's q/v bias (no k bias)."""
+
+    cfg: ViTConfig
+    width: int
+    heads: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        d, h = self.width, self.heads
+        dh = d // h
+        dtype = self.cfg.dtype
+        # Kernels kept in their natural ranks so that each dim carries its logical name.
+        w_qkv = self.param("qkv_kernel", _dense_init(("embed", None, "heads", "kv")), (d, 3, h, dh))
+        q_bias = self.param("q_bias", _zeros(("heads", "kv")), (h, dh))
+        v_bias = self.param("v_bias", _zeros(("heads", "kv")), (h, dh))
+        w_out = self.param("proj_kernel", _dense_init(("heads", "kv", "embed")), (h, dh, d))
+        b_out = self.param("proj_bias", _zeros(("embed",)), (d,))
+        x = x.astype(dtype)
+        qkv = jnp.einsum("bld,dkhe->blkhe", x, w_qkv.astype(dtype))
+        q = qkv[:, :, 0] + q_bias.astype(dtype)
+        k = qkv[:, :, 1]
+        v = qkv[:, :, 2] + v_bias.astype(dtype)
+        q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
+        out = jax.nn.dot_product_attention(q, k, v, implementation=self.cfg.attention_impl)
+        return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; drop path (stochastic depth) on both branches."""
+
+    cfg: ViTConfig
+    width: int
+    heads: int
+    drop_path: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        # One keep/drop decision per sample: dropout broadcast over tokens and channels.
+        drop = nn.Dropout(self.drop_path, broadcast_dims=(1, 2))
+        y = Attention(cfg, self.width, self.heads, name="attn")(_norm(cfg, "norm1")(x))
+        x = x + drop(y, deterministic=deterministic)
+        hidden = int(self.width * cfg.mlp_ratio)
+        y = _norm(cfg, "norm2")(x)
+        y = nn.Dense(hidden, dtype=cfg.dtype, kernel_init=_dense_init(("embed", "mlp")),
+                     bias_init=_zeros(("mlp",)), name="fc1")(y)
+        y = nn.with_logical_constraint(nn.gelu(y, approximate=False), ("batch", "length", "mlp"))
+        y = nn.Dense(self.width, dtype=cfg.dtype, kernel_init=_dense_init(("mlp", "embed")),
+                     bias_init=_zeros(("embed",)), name="fc2")(y)
+        x = x + drop(y, deterministic=deterministic)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+
+def _stack(cfg: ViTConfig, x: jax.Array, width: int, heads: int, depth: int,
+           drop_path: float, deterministic: bool, prefix: str) -> jax.Array:
+    block_cls = nn.remat(Block, static_argnums=(2,)) if cfg.remat else Block
+    for i in range(depth):
+        rate = drop_path * i / max(depth - 1, 1)  # linearly increasing, as VideoMAE
+        x = block_cls(cfg, width, heads, rate, name=f"{prefix}{i}")(x, deterministic)
+    return x
+
+
+class Encoder(nn.Module):
+    """Tubelet embedding + fixed positions + ViT blocks over the visible tokens.
+
+    `visible`: `[B, Sv]` sorted spatial indices kept at every temporal index (tube
+    mask), or None for all tokens. Returns `[B, Tt*Sv, D]` in (t, s) order.
+    """
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, video: jax.Array, visible: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        b, t, h, w, _ = video.shape
+        tt, hp, wp = cfg.grid(t, h, w)
+        x = patchify(video, cfg.tubelet_size, cfg.patch_size).reshape(b, tt * hp * wp, -1)
+        x = nn.Dense(cfg.width, dtype=cfg.dtype, kernel_init=_dense_init(("patch", "embed")),
+                     bias_init=_zeros(("embed",)), name="patch_embed")(x)
+        x = x + sincos_table(tt * hp * wp, cfg.width).astype(x.dtype)[None]
+        if visible is not None:
+            x = masking.gather_tokens(x, masking.tube_token_ids(visible, tt, hp * wp))
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = _stack(cfg, x, cfg.width, cfg.heads, cfg.depth, cfg.drop_path, deterministic, "block")
+        if cfg.final_norm:
+            x = _norm(cfg, "norm")(x)
+        return x
+
+
+class Decoder(nn.Module):
+    """VideoMAE decoder: predicts the pixels of the masked tubelets, ascending order.
+
+    `tokens`: encoder output `[B, Tt*Sv, D]`; `visible`/`masked`: `[B, Sv]`/`[B, Sm]`.
+    Returns `[B, Tt*Sm, kt*p*p*3]`.
+    """
+
+    cfg: ViTConfig
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, visible: jax.Array, masked: jax.Array,
+                 grid: tuple[int, int, int], deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        tt, hp, wp = grid
+        b = tokens.shape[0]
+        x = nn.Dense(cfg.dec_width, use_bias=False, dtype=cfg.dtype,
+                     kernel_init=_dense_init(("embed", "dec_embed")), name="encoder_to_decoder")(tokens)
+        length = tt * hp * wp
+        pos = jnp.broadcast_to(sincos_table(length, cfg.dec_width)[None], (b, length, cfg.dec_width))
+        masked_ids = masking.tube_token_ids(masked, tt, hp * wp)
+        mask_token = self.param("mask_token", nn.with_logical_partitioning(
+            nn.initializers.normal(0.02), (None, None, "dec_embed")), (1, 1, cfg.dec_width))
+        x_vis = x + masking.gather_tokens(pos, masking.tube_token_ids(visible, tt, hp * wp)).astype(x.dtype)
+        x_msk = mask_token.astype(x.dtype) + masking.gather_tokens(pos, masked_ids).astype(x.dtype)
+        x = jnp.concatenate([x_vis, x_msk], axis=1)
+        x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+        x = _stack(cfg, x, cfg.dec_width, cfg.dec_heads, cfg.dec_depth, 0.0, deterministic, "block")
+        x = _norm(cfg, "norm")(x[:, -masked_ids.shape[1]:])
+        out = cfg.tubelet_size * cfg.patch_size**2 * 3
+        return nn.Dense(out, dtype=cfg.dtype, kernel_init=_dense_init(("dec_embed", "patch")),
+                        bias_init=_zeros(("patch",)), name="head")(x)
+
+
+class VideoMAE(nn.Module):
+    """Masked autoencoder for pre-training: encoder over visible tokens + decoder."""
+
+    cfg: ViTConfig
+
+    def setup(self):
+        self.encoder = Encoder(self.cfg)
+        self.decoder = Decoder(self.cfg)
+
+    def __call__(self, video: jax.Array, visible: jax.Array, masked: jax.Array,
+                 deterministic: bool = True) -> jax.Array:
+        grid = self.cfg.grid(*video.shape[1:4])
+        tokens = self.encoder(video, visible, deterministic)
+        return self.decoder(tokens, visible, masked, grid, deterministic)

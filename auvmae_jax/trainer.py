@@ -1,0 +1,339 @@
+"""The one training loop, shared by pre-training and fine-tuning.
+
+A task (pretrain.py, finetune.py) supplies the model, its loss and its data; this
+module owns everything else: mesh and sharded initialisation, the optimizer, the
+jitted step (with gradient accumulation), checkpoints that resume exactly (state,
+optimizer, step and data position), metrics, progress and preemption.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from auvmae_jax import metric_writers, sharding
+from auvmae_jax.errors import UserError
+
+log = logging.getLogger("auvmae")
+
+PyTree = Any
+LossFn = Callable[[PyTree, dict, jax.Array], tuple[jax.Array, dict]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+
+
+@dataclasses.dataclass
+class Task:
+    """What the loop needs from a task.
+
+    `init_inputs`: example inputs for `model.init` (shapes only matter).
+    `loss_fn(params, batch, rng) -> (loss, metrics)`: batch of global arrays.
+    `train_data`: infinite iterable of per-process batches (a grain IterDataset).
+    `evaluate(state, step, writer)`: optional periodic evaluation.
+    `init_params(params) -> params`: optional, e.g. loading a pre-trained encoder.
+    `lr_multipliers(params) -> tree of floats`: optional per-parameter lr scale.
+    """
+
+    model: nn.Module
+    init_inputs: tuple
+    loss_fn: LossFn
+    train_data: Any
+    steps_per_epoch: int
+    evaluate: Callable[[TrainState, int, metric_writers.MetricWriter], dict] | None = None
+    init_params: Callable[[PyTree], PyTree] | None = None
+    lr_multipliers: Callable[[PyTree], PyTree] | None = None
+
+
+# ---------------------------------------------------------------------------- optimizer
+
+
+def decay_mask(params: PyTree) -> PyTree:
+    """Weight decay on Dense kernels only: not on biases, norms, q/v biases, mask token."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+
+
+def learning_rate_schedule(opt: Any, batch_size: int, num_steps: int, steps_per_epoch: int):
+    """Linear warm-up then cosine decay; peak `base_lr * batch_size / 256`."""
+    peak = opt.base_lr * batch_size / 256
+    warmup = int(opt.warmup_epochs * steps_per_epoch) if opt.warmup_steps < 0 else opt.warmup_steps
+    warmup = min(warmup, max(num_steps - 1, 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=opt.warmup_init_lr, peak_value=peak, warmup_steps=warmup,
+        decay_steps=max(num_steps, warmup + 1), end_value=opt.min_lr)
+
+
+def make_optimizer(opt: Any, schedule, lr_multipliers: PyTree | None = None):
+    """AdamW (VideoMAE recipe) with global-norm clipping and optional per-param lr scale."""
+    parts = []
+    if opt.grad_clip and opt.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(opt.grad_clip))
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                             weight_decay=opt.weight_decay, mask=decay_mask))
+    if lr_multipliers is not None:
+        parts.append(_scale_by_tree(lr_multipliers))
+    return optax.chain(*parts)
+
+
+def _scale_by_tree(multipliers: PyTree) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
+# ---------------------------------------------------------------------------- step
+
+
+def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn, tx, base_key: jax.Array,
+               accum_steps: int, batch_spec) -> tuple[TrainState, dict]:
+    """One optimizer update; the batch may be split into `accum_steps` micro-batches."""
+    rng = jax.random.fold_in(base_key, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if accum_steps == 1:
+        (loss, aux), grads = grad_fn(state.params, batch, rng)
+    else:
+        # [B, ...] -> [k, B/k, ...] keeping each device's rows local.
+        micro = jax.tree.map(
+            lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+            batch)
+
+        def body(carry, inputs):
+            i, mb = inputs
+            mb = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_spec), mb)
+            (loss_i, aux_i), grads_i = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, carry, (loss_i, aux_i, grads_i)), None
+
+        (loss_shape, aux_shape), grad_shape = jax.eval_shape(
+            grad_fn, state.params, jax.tree.map(lambda x: x[0], micro), rng)
+        zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (loss_shape, aux_shape, grad_shape))
+        (loss, aux, grads), _ = jax.lax.scan(body, zero, (jnp.arange(accum_steps), micro))
+        loss, aux, grads = jax.tree.map(lambda x: x / accum_steps, (loss, aux, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, **aux, "grad_norm": optax.tree.norm(grads),
+               "param_norm": optax.tree.norm(params)}
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+# ---------------------------------------------------------------------------- workdir
+
+
+def prepare_workdir(workdir: str, config: Any) -> str:
+    """Create `workdir`, check it is writable and record the config in it."""
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
+    return workdir
+
+
+def checkpoint_manager(workdir: str, config: Any) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+class _Preemption:
+    """SIGTERM -> save a checkpoint at the next step and stop cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM: saving a checkpoint and stopping")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def init_state(task: Task, tx, mesh, rules, seed: int) -> tuple[TrainState, Any]:
+    """Sharded initialisation: shapes -> logical specs -> mesh shardings -> jitted init."""
+
+    def boxed_init(rng):
+        variables = task.model.init({"params": rng, "dropout": rng}, *task.init_inputs)
+        params = variables["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    rng = jax.random.key(seed)
+    abstract = jax.eval_shape(boxed_init, rng)
+    shardings = sharding.logical_shardings(abstract, mesh, rules)
+
+    def init(rng):
+        state = nn.meta.unbox(boxed_init(rng))
+        if task.init_params is not None:
+            params = task.init_params(state.params)
+            state = TrainState(state.step, params, tx.init(params))
+        return state
+
+    state = jax.jit(init, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def run(config: Any, workdir: str, task: Task, hooks: tuple = ()) -> tuple[TrainState, list[dict]]:
+    """Train `task` to `config.num_train_steps` (or epochs), resuming from `workdir`.
+
+    Returns the final state and the logged metrics (`[{'step': s, ...}]`).
+    `hooks(step, state)` run after every step (tests use them to interrupt a run).
+    """
+    workdir = prepare_workdir(workdir, config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.rules_from_config(config.logical_axis_rules)
+    num_steps = total_steps(config, task.steps_per_epoch)
+    log.info("mesh %s on %d devices (%s); process %d/%d; %d steps of batch %d",
+             dict(mesh.shape), mesh.size, jax.devices()[0].platform, jax.process_index(),
+             jax.process_count(), num_steps, config.batch_size)
+    writer = metric_writers.create_writer(os.path.join(workdir, "tensorboard"))
+    history: list[dict] = []
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        schedule = learning_rate_schedule(config.optimizer, config.batch_size, num_steps,
+                                          task.steps_per_epoch)
+        multipliers = None
+        if task.lr_multipliers is not None:
+            shapes = jax.eval_shape(lambda: nn.meta.unbox(task.model.init(
+                {"params": jax.random.key(0), "dropout": jax.random.key(0)}, *task.init_inputs)))
+            multipliers = task.lr_multipliers(shapes["params"])
+        tx = make_optimizer(config.optimizer, schedule, multipliers)
+        state, state_shardings = init_state(task, tx, mesh, rules, config.seed)
+        batch_sharding = sharding.batch_sharding(mesh, rules)
+        data_iter = iter(task.train_data)
+        manager = checkpoint_manager(workdir, config)
+        state = _restore(manager, state, data_iter)
+        first = int(state.step)
+        step_fn = jax.jit(
+            lambda s, b: train_step(s, b, loss_fn=task.loss_fn, tx=tx,
+                                    base_key=jax.random.key(config.seed + 1),
+                                    accum_steps=config.grad_accum_steps,
+                                    batch_spec=batch_sharding.spec),
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, sharding.replicated(mesh)),
+            donate_argnums=(0,))
+        if first == 0 and jax.process_index() == 0:
+            writer.write_hparams(_flat(config.to_dict()))
+        progress = metric_writers.ProgressReporter(num_steps, first)
+        pending: list[dict] = []
+        data_state = None
+        prefetch = _device_prefetch(data_iter, batch_sharding, config.prefetch_to_device)
+        try:
+            with _Preemption() as preempt:
+                for step in range(first + 1, num_steps + 1):
+                    batch, data_state = next(prefetch)
+                    state, metrics = step_fn(state, batch)
+                    pending.append(metrics)
+                    last = step == num_steps or preempt.requested
+                    save = last or step % config.checkpoint_every == 0
+                    if save or step % config.log_every == 0:
+                        summary = _summarise(pending, step, manager, workdir)
+                        pending = []
+                        summary["learning_rate"] = float(schedule(step - 1))
+                        summary.update(progress(step))
+                        writer.write_scalars(step, summary)
+                        history.append({"step": step, **summary})
+                    if task.evaluate is not None and (last or step % config.eval_every == 0):
+                        task.evaluate(state, step, writer)
+                    if save:
+                        manager.save(step, args=ocp.args.Composite(
+                            state=ocp.args.StandardSave(state),
+                            data=ocp.args.JsonSave(data_state)))
+                    for hook in hooks:
+                        hook(step, state)
+                    if preempt.requested:
+                        break
+        finally:
+            manager.wait_until_finished()
+            writer.flush()
+    log.info("checkpoints: %s", os.path.join(workdir, "checkpoints"))
+    return state, history
+
+
+def total_steps(config: Any, steps_per_epoch: int) -> int:
+    if config.num_train_steps > 0:
+        return int(config.num_train_steps)
+    return int(config.num_epochs * steps_per_epoch)
+
+
+def _restore(manager: ocp.CheckpointManager, state: TrainState, data_iter) -> TrainState:
+    step = manager.latest_step()
+    if step is None:
+        return state
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    if restored.data is not None:
+        data_iter.set_state(restored.data)
+    log.info("resumed from %s at step %d", manager.directory, step)
+    return restored.state
+
+
+def _device_prefetch(data_iter, batch_sharding, size: int) -> Iterator[tuple[dict, Any]]:
+    """Global device batches, `size` ahead; each with the data state after it (for checkpoints)."""
+    import collections
+
+    queue: collections.deque = collections.deque()
+
+    def push():
+        host = next(data_iter)
+        queue.append((sharding.host_batch_to_global(host, batch_sharding), data_iter.get_state()))
+
+    for _ in range(max(size, 1)):
+        push()
+    while True:
+        yield queue.popleft()
+        push()
+
+
+def _summarise(pending: list[dict], step: int, manager, workdir: str) -> dict:
+    """Mean of the metrics since the last report; a clear error on a non-finite loss."""
+    values = jax.device_get(pending)
+    summary = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+    if not np.isfinite(summary["loss"]):
+        last = manager.latest_step()
+        where = f"step {last} in {manager.directory}" if last is not None else "none saved yet"
+        raise UserError(f"non-finite loss ({summary['loss']}) at step {step} of {workdir}; "
+                        f"last good checkpoint: {where}. Lower the learning rate or check the data.")
+    return summary
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out

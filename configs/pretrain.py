@@ -1,0 +1,27 @@
+"""VideoMAE pre-training (SPEC §1).
+
+`--config=configs/pretrain.py:B` picks the model preset (mini, tiny, S, B, L).
+Defaults follow the paper: 16x224x224 clips, tube mask 0.9, AdamW with
+lr 1.5e-4 * batch / 256, 40 warm-up epochs then cosine, 500 epochs.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    preset = arg or "B"
+    config = ml_collections.ConfigDict()
+    config.task = "pretrain"
+    common.loop_config(config)
+    config.data = common.data_config()
+    config.model = dict(preset=preset, patch_size=16, tubelet_size=2, dtype="bfloat16",
+                        remat=False, attention_impl=None, drop_path=0.0, layer_norm_eps=1e-6)
+    config.mask_ratio = 0.9
+    config.norm_pix_loss = True
+    config.optimizer = common.optimizer_config(base_lr=1.5e-4)
+    config.num_images = 2  # clips shown in the reconstruction pictures
+    return config

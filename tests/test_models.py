@@ -1,0 +1,90 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from auvmae_jax import masking
+from auvmae_jax.models import PRESETS, Encoder, VideoMAE, ViTConfig, patchify, sincos_table
+
+
+def _abstract_forward(cfg: ViTConfig, t: int, s: int, ratio: float):
+    tt, hp, wp = cfg.grid(t, s)
+    n_mask = masking.num_masked(hp * wp, ratio)
+    video = jax.ShapeDtypeStruct((2, t, s, s, 3), jnp.float32)
+    vis = jax.ShapeDtypeStruct((2, hp * wp - n_mask), jnp.int32)
+    msk = jax.ShapeDtypeStruct((2, n_mask), jnp.int32)
+    model = VideoMAE(cfg)
+    variables = jax.eval_shape(lambda v, a, b: model.init(jax.random.key(0), v, a, b), video, vis, msk)
+    out = jax.eval_shape(lambda p, v, a, b: model.apply(p, v, a, b), variables, video, vis, msk)
+    enc = jax.eval_shape(lambda p, v, a: Encoder(cfg).apply({"params": p["params"]["encoder"]}, v, a),
+                         variables, video, vis)
+    return nn.meta.unbox(variables), enc, out
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_preset_shapes_and_token_counts(preset):
+    cfg = ViTConfig.from_config(dict(preset=preset, patch_size=16, tubelet_size=2))
+    # 16 x 224 x 224 clip: 8 x 14 x 14 = 1568 tokens; tube mask 0.9 keeps 20 of 196 positions.
+    variables, enc, out = _abstract_forward(cfg, 16, 224, 0.9)
+    p = PRESETS[preset]
+    assert enc.shape == (2, 8 * 20, p["width"])  # encoder sees (1 - rho) of the 1568 tokens
+    assert out.shape == (2, 8 * 176, 2 * 16 * 16 * 3)
+    enc_params = variables["params"]["encoder"]
+    assert len([k for k in enc_params if k.startswith("block")]) == p["depth"]
+    assert enc_params["block0"]["attn"]["qkv_kernel"].shape == (p["width"], 3, p["heads"],
+                                                                 p["width"] // p["heads"])
+    assert variables["params"]["decoder"]["mask_token"].shape == (1, 1, p["dec_width"])
+
+
+def test_vit_b_parameter_count_matches_videomae():
+    variables, _, _ = _abstract_forward(ViTConfig.from_config(dict(preset="B")), 16, 224, 0.9)
+    n_enc = sum(np.prod(x.shape) for x in jax.tree.leaves(variables["params"]["encoder"]))
+    # VideoMAE ViT-B/16 encoder: 86.2M parameters (no class token, fixed positions).
+    assert 86.0e6 < n_enc < 86.5e6
+
+
+def test_sincos_table_interleaves_sin_and_cos():
+    table = sincos_table(3, 8)
+    assert table.shape == (3, 8)
+    np.testing.assert_allclose(table[0], [0, 1] * 4, atol=1e-7)
+    np.testing.assert_allclose(table[1, :4], [np.sin(1), np.cos(1), np.sin(10000 ** -0.25),
+                                              np.cos(10000 ** -0.25)], rtol=1e-6)
+    np.testing.assert_allclose(table[2, 6], np.sin(2 / 10000 ** 0.75), rtol=1e-6)
+
+
+def test_patchify_orders_tokens_thw_and_values_thwc():
+    video = jnp.arange(1 * 4 * 4 * 4 * 3, dtype=jnp.float32).reshape(1, 4, 4, 4, 3)
+    p = patchify(video, tubelet=2, patch=2)
+    assert p.shape == (1, 2 * 2 * 2, 8, 3)
+    # Token 1 = (t=0, h=0, w=1): pixels t in {0,1}, rows {0,1}, cols {2,3}.
+    np.testing.assert_array_equal(p[0, 1, 0], video[0, 0, 0, 2])
+    np.testing.assert_array_equal(p[0, 1, 1], video[0, 0, 0, 3])
+    np.testing.assert_array_equal(p[0, 1, 2], video[0, 0, 1, 2])
+    np.testing.assert_array_equal(p[0, 1, 4], video[0, 1, 0, 2])
+    # Token 4 = (t=1, h=0, w=0): frames 2-3.
+    np.testing.assert_array_equal(p[0, 4, 0], video[0, 2, 0, 0])
+
+
+def test_encoder_ignores_masked_pixels():
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))
+    model = Encoder(cfg)
+    rng = np.random.default_rng(0)
+    video = jnp.asarray(rng.normal(size=(1, 4, 32, 32, 3)), jnp.float32)
+    visible, masked = masking.tube_mask(jax.random.key(1), 1, 16, 0.75)
+    params = model.init(jax.random.key(0), video, visible)
+    out = model.apply(params, video, visible)
+    # Overwrite every masked tubelet: the encoder output must not change.
+    m = np.asarray(masking.token_mask(masked, 2, 16)).reshape(1, 2, 4, 4)
+    pix = np.repeat(np.repeat(np.repeat(m, 2, 1), 8, 2), 8, 3)[..., None]
+    changed = jnp.where(pix, 100.0, video)
+    np.testing.assert_allclose(model.apply(params, changed, visible), out, atol=1e-5)
+    # ... while changing a visible tubelet does.
+    assert not np.allclose(model.apply(params, video + (1 - pix), visible), out, atol=1e-3)
+
+
+def test_unknown_model_key_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model config keys.*widht"):
+        ViTConfig.from_config(dict(preset="B", widht=3))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        ViTConfig.from_config(dict(preset="XL"))
