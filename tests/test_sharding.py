@@ -1,0 +1,78 @@
+"""Mesh from config, parameter shardings by logical rules, and 8-device == 1-device training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from auvmae_jax import sharding
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs a few pre-training steps with the given mesh; prints shardings and losses as JSON.
+SCRIPT = r"""
+import json, sys
+import jax
+from auvmae_jax import pretrain
+from tests.conftest import mini_pretrain_config
+
+data_dir, workdir, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+config = mini_pretrain_config(data_dir)
+config.mesh = mesh
+config.num_train_steps = 4
+config.checkpoint_every = 100
+state, history = pretrain.train(config, workdir)
+block = state.params["encoder"]["block0"]
+out = {
+    "devices": jax.device_count(),
+    "losses": [h["loss"] for h in history],
+    "fc1": [str(block["fc1"]["kernel"].sharding.spec), list(block["fc1"]["kernel"].addressable_shards[0].data.shape)],
+    "qkv": [str(block["attn"]["qkv_kernel"].sharding.spec),
+            list(block["attn"]["qkv_kernel"].addressable_shards[0].data.shape)],
+    "fc2": str(block["fc2"]["kernel"].sharding.spec),
+    "norm": str(block["norm1"]["scale"].sharding.spec),
+    "mask_token": str(state.params["decoder"]["mask_token"].sharding.spec),
+    "adam_mu_fc1": [str(x.sharding.spec) for p, x in jax.tree_util.tree_leaves_with_path(state.opt_state)
+                    if "mu" in str(p) and "block0" in str(p) and "fc1" in str(p) and "kernel" in str(p)],
+}
+print("RESULT " + json.dumps(out))
+"""
+
+
+def _run(data_dir, workdir, mesh, devices):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, workdir, json.dumps(mesh)],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_mesh_shape_resolves_and_checks():
+    assert sharding.mesh_shape({"data": -1, "fsdp": 1, "tensor": 1}, 8) == (8, 1, 1)
+    assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
+    with pytest.raises(ValueError, match="unknown mesh axes"):
+        sharding.mesh_shape({"model": 2}, 8)
+    with pytest.raises(ValueError, match="needs 6 devices"):
+        sharding.mesh_shape({"data": 3, "fsdp": 2}, 8)
+    with pytest.raises(ValueError, match="does not divide"):
+        sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
+
+
+def test_eight_devices_shard_by_rules_and_match_one_device(synthetic_data_dir, tmp_path):
+    one = _run(synthetic_data_dir, str(tmp_path / "one"), {"data": -1}, 1)
+    eight = _run(synthetic_data_dir, str(tmp_path / "eight"), {"data": 2, "fsdp": 2, "tensor": 2}, 8)
+    assert one["devices"] == 1 and eight["devices"] == 8
+    # mini preset: width 32, mlp 128, 2 heads of 16. embed -> fsdp, mlp/heads -> tensor.
+    assert eight["fc1"] == ["P('fsdp', 'tensor')", [16, 64]]
+    assert eight["qkv"] == ["P('fsdp', None, 'tensor', None)", [16, 3, 1, 16]]
+    assert eight["fc2"] == "P('tensor', 'fsdp')"
+    assert eight["norm"] == "P(None,)"
+    assert eight["mask_token"] == "P(None, None, 'fsdp')"
+    assert set(eight["adam_mu_fc1"]) == {"P('fsdp', 'tensor')"}  # optimizer state follows
+    assert len(one["losses"]) == len(eight["losses"]) == 4
+    for a, b in zip(one["losses"], eight["losses"]):
+        assert abs(a - b) < 1e-4 * abs(a), (one["losses"], eight["losses"])
