@@ -7,8 +7,10 @@ overrides and `--workdir=DIR`.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -69,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"auvmae: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        FLAGS(["auvmae " + command, *argv[2:]])
-    except flags.Error as e:
+        _parse_flags(["auvmae " + command, *argv[2:]])
+    except UserError as e:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     setup_logging()
@@ -80,6 +82,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _parse_flags(argv: list[str]) -> None:
+    """absl/config_flags parsing with one-line errors for bad flags, files and keys."""
+    config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    try:
+        FLAGS(argv)
+    except flags.Error as e:
+        raise UserError(str(e)) from e
+    except (AttributeError, KeyError) as e:  # an override of a key the config does not have
+        text = str(e)
+        key = re.search(r"[A-Za-z_]\w*", text).group(0)
+        given = next((a for a in argv if a.startswith("--config.") and f".{key}" in a.split("=")[0]),
+                     "the overrides")
+        hint = re.search(r'Did you mean "\w+" instead of "\w+"\?', text)
+        hint = hint.group(0) if hint else ""
+        raise UserError(f"unknown config key {key!r} in {given} (config {config_file}). {hint}") from e
+    if config_file is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
+        try:
+            FLAGS.config.to_dict()  # config_flags reports a bad file only on first use
+        except OSError as e:
+            raise UserError(f"cannot load config file {config_file}: "
+                            f"{str(e).strip().splitlines()[-1].strip()}") from e
 
 
 def _one_line(e: Exception) -> str:

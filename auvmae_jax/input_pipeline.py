@@ -58,13 +58,15 @@ def load_builder(data_cfg: Any):
 
 def data_source(builder, split: str):
     """Random-access source of one split; a clear error if it is missing or empty."""
+    where = f"dataset {builder.data_dir}"
     try:
-        source = builder.as_data_source(split)
-    except Exception as e:
-        raise UserError(f"dataset {builder.data_dir}: cannot read split {split!r}: {e}") from e
-    if len(source) == 0:
-        raise UserError(f"dataset {builder.data_dir}: split {split!r} has no examples")
-    return source
+        num_examples = builder.info.splits[split].num_examples
+    except Exception as e:  # unknown split names raise KeyError or ValueError
+        raise UserError(f"{where}: cannot read split {split!r} ({e}); "
+                        f"splits: {', '.join(sorted(builder.info.splits))}") from e
+    if num_examples == 0:
+        raise UserError(f"{where}: split {split!r} has no examples")
+    return builder.as_data_source(split)
 
 
 # ---------------------------------------------------------------------------- transforms

@@ -133,4 +133,4 @@ def train(config: Any, workdir: str, hooks: tuple = ()):
 
     Returns the final state and the logged metrics (see `trainer.run`).
     """
-    return trainer.run(config, workdir, make_task(config, workdir), hooks)
+    return trainer.run(config, workdir, functools.partial(make_task, config), hooks)

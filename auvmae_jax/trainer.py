@@ -204,13 +204,16 @@ def init_state(task: Task, tx, mesh, rules, seed: int) -> tuple[TrainState, Any]
     return state, shardings
 
 
-def run(config: Any, workdir: str, task: Task, hooks: tuple = ()) -> tuple[TrainState, list[dict]]:
-    """Train `task` to `config.num_train_steps` (or epochs), resuming from `workdir`.
+def run(config: Any, workdir: str, make_task: Callable[[str], Task],
+        hooks: tuple = ()) -> tuple[TrainState, list[dict]]:
+    """Train the task that `make_task(workdir)` builds, resuming from `workdir`.
 
-    Returns the final state and the logged metrics (`[{'step': s, ...}]`).
-    `hooks(step, state)` run after every step (tests use them to interrupt a run).
+    Runs to `config.num_train_steps` (or `num_epochs`). Returns the final state and
+    the logged metrics (`[{'step': s, ...}]`). `hooks(step, state)` run after every
+    step (tests use them to interrupt a run).
     """
-    workdir = prepare_workdir(workdir, config)
+    workdir = prepare_workdir(workdir, config)  # fail early, before any data is read
+    task = make_task(workdir)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.logical_axis_rules)
     num_steps = total_steps(config, task.steps_per_epoch)
