@@ -28,7 +28,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-xdist", "ruff"],
+        "test": ["pytest", "ruff"],
         "beam": ["apache-beam>=2.60"],
     },
     entry_points={"console_scripts": ["auvmae=auvmae_jax.cli:entry_point"]},

@@ -36,6 +36,7 @@ def load_builder(data_cfg: Any):
     """
     import tensorflow_datasets as tfds
 
+    tfds.disable_progress_bar()
     data_dir = os.path.expanduser(data_cfg.data_dir)
     if data_cfg.name == "synthetic_faces":
         import data_builders

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from auvmae_jax import cli
+from tests.conftest import TINY_SYNTHETIC
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,9 +63,7 @@ def test_unknown_command_and_missing_workdir():
 def test_empty_split_is_a_clear_error(synthetic_data_dir, tmp_path):
     rc, _, err = _auvmae("pretrain", "--config=configs/pretrain.py:mini", f"--workdir={tmp_path}",
                          f"--config.data.data_dir={synthetic_data_dir}",
-                         "--config.data.synthetic.image_size=32", "--config.data.synthetic.clip_length=8",
-                         "--config.data.synthetic.num_subjects=6", "--config.data.synthetic.videos_per_subject=1",
-                         "--config.data.synthetic.frames_per_video=32",
+                         *[f"--config.data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()],
                          "--config.data.train_split=part1[:0]")
     assert rc == 1
     line = _error_line(err)

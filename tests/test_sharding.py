@@ -28,7 +28,8 @@ block = state.params["encoder"]["block0"]
 out = {
     "devices": jax.device_count(),
     "losses": [h["loss"] for h in history],
-    "fc1": [str(block["fc1"]["kernel"].sharding.spec), list(block["fc1"]["kernel"].addressable_shards[0].data.shape)],
+    "fc1": [str(block["fc1"]["kernel"].sharding.spec),
+            list(block["fc1"]["kernel"].addressable_shards[0].data.shape)],
     "qkv": [str(block["attn"]["qkv_kernel"].sharding.spec),
             list(block["attn"]["qkv_kernel"].addressable_shards[0].data.shape)],
     "fc2": str(block["fc2"]["kernel"].sharding.spec),
