@@ -171,6 +171,10 @@ def make_dataset(
     ds = ds.batch(local_batch, drop_remainder=repeat)
     it = ds.to_iter_dataset()
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (defaults suffice)
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     return it
 

@@ -118,7 +118,8 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn, tx, base_key:
 
         def body(carry, inputs):
             i, mb = inputs
-            mb = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_spec), mb)
+            if batch_spec is not None:
+                mb = jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, batch_spec), mb)
             (loss_i, aux_i), grads_i = grad_fn(state.params, mb, jax.random.fold_in(rng, i))
             return jax.tree.map(jnp.add, carry, (loss_i, aux_i, grads_i)), None
 

@@ -1,0 +1,113 @@
+"""grain pipeline: temporal sampling, crops and flips, labels, determinism, workers."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from auvmae_jax import input_pipeline
+from auvmae_jax.errors import UserError
+from auvmae_jax.input_pipeline import ClipSampler
+
+
+def _jpeg(frame):
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def _record(num_frames=16, size=32, n_aus=3, half=False):
+    frames = []
+    for i in range(num_frames):
+        f = np.zeros((size, size, 3), np.uint8)
+        f[..., 0] = 10 * i  # frame index coded in red
+        if half:
+            f[:, size // 2:, 1] = 255  # right half green
+        frames.append(_jpeg(f))
+    labels = (np.arange(num_frames * n_aus).reshape(num_frames, n_aus) % 2).astype(np.uint8)
+    return {"frames": np.array(frames, dtype=object), "labels": labels,
+            "valid": np.ones_like(labels)}
+
+
+def test_eval_sampling_takes_strided_frames_from_the_start_and_all_labels():
+    rec = _record()
+    out = ClipSampler(num_frames=4, temporal_stride=2, image_size=16, train=False, with_labels=True)(rec)
+    assert out["frames"].shape == (4, 16, 16, 3) and out["frames"].dtype == np.uint8
+    np.testing.assert_allclose(out["frames"][:, 8, 8, 0], [0, 20, 40, 60], atol=3)
+    # Labels cover every frame of the span (stride 2 x 4 frames = 8 frames), not just the sampled ones.
+    np.testing.assert_array_equal(out["labels"], rec["labels"][:8])
+    np.testing.assert_array_equal(out["valid"], 1)
+
+
+def test_labels_past_the_clip_end_are_invalid():
+    rec = _record(num_frames=14)
+    out = ClipSampler(num_frames=4, temporal_stride=4, image_size=16, train=False, with_labels=True)(rec)
+    np.testing.assert_allclose(out["frames"][:, 0, 0, 0], [0, 40, 80, 120], atol=3)
+    assert out["labels"].shape == (16, 3)
+    np.testing.assert_array_equal(out["valid"][:14], 1)
+    np.testing.assert_array_equal(out["valid"][14:], 0)
+
+
+def test_train_sampling_random_start_crop_and_flip():
+    rec = _record(half=True)
+    sampler = ClipSampler(num_frames=4, temporal_stride=1, image_size=16, train=True,
+                          crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
+    starts, flips = set(), set()
+    for seed in range(40):
+        out = sampler(rec, np.random.default_rng(seed))
+        red = out["frames"][:, 8, 8, 0].astype(int)
+        np.testing.assert_allclose(np.diff(red), 10, atol=4)  # consecutive frames
+        starts.add(int(round(red[0] / 10)))
+        flips.add(bool(out["frames"][0, 8, 1, 1] > 128))  # green on the left = flipped
+    assert len(starts) > 5 and max(starts) <= 12
+    assert flips == {True, False}
+
+
+def test_crop_box_stays_inside_and_respects_scale():
+    sampler = ClipSampler(num_frames=1, temporal_stride=1, image_size=8, train=True, crop_scale=(0.25, 0.5))
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        x0, y0, x1, y1 = sampler._crop_box((64, 48), rng)
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 48
+        assert 0.2 * 64 * 48 <= (x1 - x0) * (y1 - y0) <= 0.55 * 64 * 48
+
+
+def test_too_short_clip_is_a_clear_error():
+    with pytest.raises(UserError, match="clip of 16 frames is shorter than 8 frames at stride 4"):
+        ClipSampler(num_frames=8, temporal_stride=4, image_size=16, train=False)(_record())
+
+
+def test_dataset_is_deterministic_and_workers_give_the_same_batches():
+    records = [_record() for _ in range(6)]
+    sampler = ClipSampler(num_frames=4, temporal_stride=2, image_size=16, train=True, with_labels=True)
+
+    def batches(seed, workers):
+        ds = input_pipeline.make_dataset(records, sampler, batch_size=4, seed=seed, worker_count=workers)
+        it = iter(ds)
+        return [next(it) for _ in range(3)]
+
+    a, b, c = batches(0, 0), batches(0, 0), batches(1, 0)
+    assert a[0]["frames"].shape == (4, 4, 16, 16, 3) and a[0]["labels"].shape == (4, 8, 3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["frames"], y["frames"])
+    assert not all(np.array_equal(x["frames"], y["frames"]) for x, y in zip(a, c))
+    for x, y in zip(a, batches(0, 1)):
+        np.testing.assert_array_equal(x["frames"], y["frames"])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_iterator_state_round_trips_through_json(workers):
+    import json
+
+    records = [_record() for _ in range(6)]
+    sampler = ClipSampler(num_frames=2, temporal_stride=1, image_size=8, train=True)
+    it = iter(input_pipeline.make_dataset(records, sampler, batch_size=2, seed=0, worker_count=workers))
+    for _ in range(4):
+        next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = [next(it)["frames"] for _ in range(3)]
+    fresh = iter(input_pipeline.make_dataset(records, sampler, batch_size=2, seed=0, worker_count=workers))
+    fresh.set_state(state)
+    for want in expected:
+        np.testing.assert_array_equal(next(fresh)["frames"], want)

@@ -1,0 +1,111 @@
+"""The shared loop on a toy task: optimizer recipe, accumulation, NaN stop and resume."""
+
+import functools
+
+import flax.linen as nn
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from auvmae_jax import trainer
+from auvmae_jax.errors import UserError
+from configs import common
+
+
+class Linear(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                                   ("embed", "mlp")), (3, 1))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)), (1,))
+        return x @ kernel + bias
+
+
+def _squared_error(params, batch, rng, model=Linear()):
+    pred = model.apply({"params": params}, batch["x"])[:, 0]
+    return jnp.mean((pred - batch["y"]) ** 2), {}
+
+
+def _config(**overrides):
+    config = ml_collections.ConfigDict()
+    common.loop_config(config)
+    config.optimizer = common.optimizer_config(base_lr=12.8)  # lr 0.2 at batch 4
+    config.optimizer.warmup_steps = 0
+    config.optimizer.min_lr = 0.0
+    config.optimizer.weight_decay = 0.0
+    config.batch_size = 4
+    config.num_train_steps = 6
+    config.log_every = 1
+    config.checkpoint_every = 2
+    config.prefetch_to_device = 1
+    config.update(overrides)
+    return config
+
+
+def _task(records):
+    data = grain.MapDataset.source(records).repeat().batch(4).to_iter_dataset()
+    return lambda workdir: trainer.Task(model=Linear(), init_inputs=(jnp.zeros((1, 3)),),
+                                        loss_fn=_squared_error, train_data=data, steps_per_epoch=1)
+
+
+def _records(n=64, nan_at=None):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5]) + 0.3).astype(np.float32)
+    if nan_at is not None:
+        x[nan_at] = np.nan
+    return [{"x": a, "y": b} for a, b in zip(x, y)]
+
+
+def test_schedule_warmup_peak_and_cosine():
+    opt = common.optimizer_config(base_lr=1.5e-4)
+    opt.warmup_epochs, opt.min_lr = 2, 0.0
+    sched = trainer.learning_rate_schedule(opt, batch_size=512, num_steps=100, steps_per_epoch=10)
+    peak = 1.5e-4 * 512 / 256
+    assert np.isclose(sched(0), 0.0)
+    assert np.isclose(sched(10), peak / 2)
+    assert np.isclose(sched(20), peak)
+    assert np.isclose(sched(60), peak / 2, rtol=1e-5)  # half-way through the cosine
+    assert np.isclose(sched(100), 0.0, atol=1e-12)
+
+
+def test_weight_decay_only_on_kernels():
+    params = {"fc": {"kernel": 1, "bias": 2}, "norm": {"scale": 3}, "attn": {"q_bias": 4},
+              "mask_token": 5, "qkv_kernel": 6}
+    mask = trainer.decay_mask(params)
+    assert mask == {"fc": {"kernel": True, "bias": False}, "norm": {"scale": False},
+                    "attn": {"q_bias": False}, "mask_token": False, "qkv_kernel": False}
+
+
+def test_loop_fits_a_linear_model(tmp_path):
+    _, history = trainer.run(_config(num_train_steps=150, checkpoint_every=150, log_every=10), str(tmp_path),
+                             _task(_records()))
+    assert history[-1]["loss"] < 1e-3 * history[0]["loss"]
+    assert history[-1]["step"] == 150 and history[0]["steps_per_sec"] > 0
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    params = {"kernel": jnp.asarray([[0.5], [0.1], [-0.3]]), "bias": jnp.asarray([0.2])}
+    tx = optax.sgd(0.1)
+    state = trainer.TrainState(jnp.int32(0), params, tx.init(params))
+    recs = _records(8)
+    batch = {k: jnp.stack([r[k] for r in recs]) for k in ("x", "y")}
+    step = functools.partial(trainer.train_step, loss_fn=_squared_error, tx=tx,
+                             base_key=jax.random.key(0), batch_spec=None)
+    one, m1 = step(state, batch, accum_steps=1)
+    four, m4 = step(state, batch, accum_steps=4)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), one.params, four.params)
+
+
+def test_nan_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path):
+    # Batch 3 (records 8-11) holds a NaN: step 3 fails, the step-2 checkpoint stays.
+    with pytest.raises(UserError, match=r"non-finite loss .* at step 3 .* last good checkpoint: step 2"):
+        trainer.run(_config(), str(tmp_path), _task(_records(nan_at=9)))
+    state, history = trainer.run(_config(), str(tmp_path), _task(_records()))
+    assert [h["step"] for h in history] == [3, 4, 5, 6]
+    assert np.isfinite([h["loss"] for h in history]).all()
