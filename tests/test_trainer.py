@@ -25,8 +25,8 @@ class Linear(nn.Module):
         return x @ kernel + bias
 
 
-def _squared_error(params, batch, rng, model=Linear()):
-    pred = model.apply({"params": params}, batch["x"])[:, 0]
+def _squared_error(params, batch, rng):
+    pred = Linear().apply({"params": params}, batch["x"])[:, 0]
     return jnp.mean((pred - batch["y"]) ** 2), {}
 
 
