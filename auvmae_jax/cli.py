@@ -19,12 +19,19 @@ from auvmae_jax.errors import UserError
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:B", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and pictures.")
+flags.DEFINE_string("split", None, "evaluate: the split to score (default: the workdir's test fold).")
+flags.DEFINE_bool("ablation", False, "crossval: run the four loss rows of Table 3.")
+flags.DEFINE_string("pair", None, "priors: the AU pair of the inter-frame figure, e.g. 6,12.")
 
 USAGE = """usage: auvmae COMMAND [--flags]
 
 commands:
-  demo       build the synthetic face videos and pre-train a tiny model on them
+  demo       the whole method on built-in synthetic face videos (pre-train, fine-tune, evaluate)
   pretrain   VideoMAE pre-training: --config=configs/pretrain.py[:PRESET] --workdir=DIR
+  finetune   AU fine-tuning: --config=configs/finetune.py:DATASET,LEVEL,FOLD --workdir=DIR
+  evaluate   score a fine-tuned workdir on its test fold: --workdir=DIR [--split=SPLIT]
+  crossval   3-fold cross-validation: --config=configs/finetune.py:... --workdir=DIR [--ablation]
+  priors     AU-pair priors and heat maps: --config=configs/finetune.py:... --workdir=DIR [--pair=6,12]
 
 `auvmae COMMAND --helpfull` lists the flags."""
 
@@ -42,7 +49,45 @@ def _pretrain() -> None:
     pretrain.train(config, workdir)
 
 
-COMMANDS = {"demo": _demo, "pretrain": _pretrain}
+def _finetune() -> None:
+    from auvmae_jax import evaluation, finetune
+
+    config, workdir = _require_config_and_workdir()
+    finetune.train(config, workdir)
+    evaluation.evaluate_workdir(workdir)
+
+
+def _evaluate() -> None:
+    from auvmae_jax import evaluation
+
+    if not FLAGS.workdir:
+        raise UserError("--workdir is required")
+    evaluation.evaluate_workdir(FLAGS.workdir, FLAGS.split)
+
+
+def _crossval() -> None:
+    from auvmae_jax import crossval
+
+    config, workdir = _require_config_and_workdir()
+    (crossval.run_ablation if FLAGS.ablation else crossval.run_folds)(config, workdir)
+
+
+def _priors() -> None:
+    from auvmae_jax import figures
+
+    config, workdir = _require_config_and_workdir()
+    pair = None
+    if FLAGS.pair:
+        try:
+            pair = tuple(int(a) for a in FLAGS.pair.split(","))
+            assert len(pair) == 2
+        except (ValueError, AssertionError) as e:
+            raise UserError(f"--pair={FLAGS.pair}: expected two AU numbers, e.g. --pair=6,12") from e
+    figures.priors_report(config, workdir, pair)
+
+
+COMMANDS = {"demo": _demo, "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate,
+            "crossval": _crossval, "priors": _priors}
 
 
 def _require_config_and_workdir():

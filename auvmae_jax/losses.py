@@ -42,3 +42,19 @@ def reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     frames equals this plain mean.
     """
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def weighted_bce(logits: jax.Array, labels: jax.Array, valid: jax.Array, weights: jax.Array) -> jax.Array:
+    """Weighted binary cross-entropy (eq. 2, SPEC §2.1).
+
+    `logits`, `labels`, `valid`: `[..., N]`; `weights`: `[N]`. The mean over frames
+    with any valid label of `sum_i valid_i * w_i * BCE(logit_i, y_i)`, computed from
+    logits (`log1p(exp(-|x|))` form, no log of a sigmoid).
+    """
+    logits = logits.astype(jnp.float32)
+    labels = labels.astype(jnp.float32)
+    valid = valid.astype(jnp.float32)
+    bce = jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
+    per_frame = jnp.sum(valid * weights * bce, axis=-1)
+    frames = jnp.sum(jnp.any(valid > 0, axis=-1))
+    return jnp.sum(per_frame) / jnp.maximum(frames, 1)

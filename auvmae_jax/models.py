@@ -244,3 +244,32 @@ class VideoMAE(nn.Module):
         grid = self.cfg.grid(*video.shape[1:4])
         tokens = self.encoder(video, visible, deterministic)
         return self.decoder(tokens, visible, masked, grid, deterministic)
+
+
+class AUDetector(nn.Module):
+    """Encoder + per-frame AU head (SPEC §2): logits `[B, T, N]` for every frame.
+
+    Tokens are averaged over their spatial positions (the visible ones, for patch
+    level) at each temporal index, normalised (`fc_norm`), and one linear layer
+    emits `r * N` logits per temporal token, `r = tubelet_size * temporal_stride`.
+    """
+
+    cfg: ViTConfig
+    num_classes: int
+    temporal_stride: int = 1
+
+    @nn.compact
+    def __call__(self, video: jax.Array, visible: jax.Array | None = None,
+                 deterministic: bool = True) -> jax.Array:
+        cfg = self.cfg
+        b = video.shape[0]
+        tt, hp, wp = cfg.grid(*video.shape[1:4])
+        tokens = Encoder(cfg, name="encoder")(video, visible, deterministic)
+        per_time = tokens.reshape(b, tt, -1, cfg.width).mean(axis=2)  # [B, Tt, D]
+        per_time = _norm(cfg, "fc_norm")(per_time)
+        r = cfg.tubelet_size * self.temporal_stride
+        logits = nn.Dense(r * self.num_classes, dtype=cfg.dtype,
+                          kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
+                                                                   ("embed", "classes")),
+                          bias_init=_zeros(("classes",)), name="head")(per_time)
+        return logits.reshape(b, tt * r, self.num_classes).astype(jnp.float32)

@@ -182,8 +182,13 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def init_state(task: Task, tx, mesh, rules, seed: int) -> tuple[TrainState, Any]:
-    """Sharded initialisation: shapes -> logical specs -> mesh shardings -> jitted init."""
+def init_state(task: Task, tx, mesh, rules, seed: int,
+               load_initial: bool = True) -> tuple[TrainState, Any]:
+    """Sharded initialisation: shapes -> logical specs -> mesh shardings -> jitted init.
+
+    With `load_initial`, `task.init_params` then replaces parameters (e.g. with a
+    pre-trained encoder), placed on the same shardings.
+    """
 
     def boxed_init(rng):
         variables = task.model.init({"params": rng, "dropout": rng}, *task.init_inputs)
@@ -193,15 +198,11 @@ def init_state(task: Task, tx, mesh, rules, seed: int) -> tuple[TrainState, Any]
     rng = jax.random.key(seed)
     abstract = jax.eval_shape(boxed_init, rng)
     shardings = sharding.logical_shardings(abstract, mesh, rules)
-
-    def init(rng):
-        state = nn.meta.unbox(boxed_init(rng))
-        if task.init_params is not None:
-            params = task.init_params(state.params)
-            state = TrainState(state.step, params, tx.init(params))
-        return state
-
-    state = jax.jit(init, out_shardings=shardings)(rng)
+    state = jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings)(rng)
+    if load_initial and task.init_params is not None:
+        params = jax.device_put(task.init_params(state.params), shardings.params)
+        opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+        state = TrainState(state.step, params, opt_state)
     return state, shardings
 
 
@@ -232,10 +233,11 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                 {"params": jax.random.key(0), "dropout": jax.random.key(0)}, *task.init_inputs)))
             multipliers = task.lr_multipliers(shapes["params"])
         tx = make_optimizer(config.optimizer, schedule, multipliers)
-        state, state_shardings = init_state(task, tx, mesh, rules, config.seed)
+        manager = checkpoint_manager(workdir, config)
+        resuming = manager.latest_step() is not None
+        state, state_shardings = init_state(task, tx, mesh, rules, config.seed, load_initial=not resuming)
         batch_sharding = sharding.batch_sharding(mesh, rules)
         data_iter = iter(task.train_data)
-        manager = checkpoint_manager(workdir, config)
         state = _restore(manager, state, data_iter)
         first = int(state.step)
         step_fn = jax.jit(

@@ -15,8 +15,6 @@ def data_config() -> ml_collections.ConfigDict:
         synthetic=dict(image_size=224, clip_length=16, num_subjects=24, videos_per_subject=2,
                        frames_per_video=96, seed=0),
         train_split="part1+part2+part3",
-        num_frames=16,
-        temporal_stride=1,
         image_size=224,
         crop_scale=(0.5, 1.0),
         crop_ratio=(3 / 4, 4 / 3),
@@ -37,6 +35,7 @@ def optimizer_config(base_lr: float) -> ml_collections.ConfigDict:
         warmup_init_lr=0.0,
         min_lr=1e-6,
         grad_clip=0.0,  # global-norm clipping, 0 = off
+        layer_decay=1.0,  # layer-wise lr decay (fine-tuning), 1 = off
     ))
 
 

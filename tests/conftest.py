@@ -46,3 +46,27 @@ def synthetic_data_dir(tmp_path_factory) -> str:
     data_dir = str(tmp_path_factory.mktemp("tfds"))
     data_builders.build_synthetic(data_dir, **TINY_SYNTHETIC)
     return data_dir
+
+
+def mini_finetune_config(data_dir: str, level: str = "video"):
+    """configs/finetune.py:synthetic,LEVEL,1 shrunk to the tiny dataset and the mini model."""
+    from configs import finetune
+
+    config = finetune.get_config(f"synthetic,{level},1")
+    config.data.data_dir = data_dir
+    config.data.synthetic = dict(TINY_SYNTHETIC)
+    config.clip_length = TINY_SYNTHETIC["clip_length"]
+    config.data.image_size = 32
+    config.model.preset = "mini"
+    config.model.patch_size = 8
+    config.model.dtype = "float32"
+    config.batch_size = 8
+    config.eval_batch_size = 8
+    config.num_train_steps = 6
+    config.optimizer.base_lr = 0.1
+    config.optimizer.warmup_steps = 1
+    config.log_every = 1
+    config.eval_every = 1000
+    config.checkpoint_every = 2
+    config.prefetch_to_device = 1
+    return config

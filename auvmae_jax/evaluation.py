@@ -1,0 +1,138 @@
+"""Evaluation of a fine-tuned AU detector on a held-out split (F1, accuracy, baseline)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from auvmae_jax import input_pipeline, losses, metrics, sharding
+from auvmae_jax.errors import UserError
+
+log = logging.getLogger("auvmae")
+
+
+class Evaluator:
+    """Predicts every clip of `source` in order and scores per-AU F1 and accuracy.
+
+    Each process reads its own shard of the clips; batches are padded with
+    all-invalid clips to a fixed size, so every process runs the same steps.
+    """
+
+    def __init__(self, model, level, source, sampler, aus: list[int], batch_size: int, seed: int = 0):
+        self.model, self.level, self.source, self.sampler = model, level, source, sampler
+        self.aus, self.batch_size, self.seed = aus, batch_size, seed
+        self._predict = jax.jit(self._probs)
+
+    def _probs(self, params, frames: jax.Array) -> jax.Array:
+        _, x = losses.normalize_frames(frames, self.model.cfg.dtype)
+        visible = None
+        if self.level.mask_ratio > 0:  # patch level: the same masks at every evaluation
+            from auvmae_jax.finetune import visible_positions
+
+            visible = visible_positions(jax.random.key(self.seed + 3), x.shape[0], self.model, x.shape,
+                                        self.level.mask_ratio)
+        return jax.nn.sigmoid(self.model.apply({"params": params}, x, visible))
+
+    def predict(self, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probs, labels, valid), each `[clips, T, N]`, for the clips of this process's shard."""
+        nproc = jax.process_count()
+        local = max(self.batch_size // nproc, 1)
+        ds = input_pipeline.make_dataset(self.source, self.sampler, batch_size=local * nproc,
+                                         seed=self.seed, repeat=False)
+        num_batches = math.ceil(math.ceil(len(self.source) / nproc) / local)
+        mesh = jax.sharding.get_abstract_mesh()
+        use_mesh = mesh is not None and not mesh.empty and math.prod(mesh.shape.values()) > 1
+        probs, labels, valid = [], [], []
+        it = iter(ds)
+        for _ in range(num_batches):
+            batch = next(it, None)
+            n = 0 if batch is None else len(batch["frames"])
+            frames = _pad(batch["frames"] if n else None, local, self._frame_shape())
+            if use_mesh:
+                with nn.logical_axis_rules(()):
+                    out = self._predict(params, jnp.asarray(frames))
+            else:
+                out = self._predict(params, jnp.asarray(frames))
+            if n:
+                probs.append(np.asarray(out)[:n])
+                labels.append(batch["labels"])
+                valid.append(batch["valid"])
+        return np.concatenate(probs), np.concatenate(labels), np.concatenate(valid)
+
+    def _frame_shape(self):
+        s = self.sampler.image_size
+        return (self.sampler.num_frames, s, s, 3)
+
+    def evaluate(self, params) -> dict:
+        probs, labels, valid = self.predict(params)
+        result = metrics.f1_accuracy(probs, labels, valid)
+        return metrics.as_json(result, self.aus)
+
+    def periodic(self, state, step: int, writer) -> dict:
+        result = self.evaluate(state.params)
+        scalars = {"eval/f1_mean": result["f1_mean"], "eval/acc_mean": result["acc_mean"],
+                   "eval/baseline_f1_mean": result["baseline_f1_mean"]}
+        scalars.update({f"eval/f1_{k}": v for k, v in result["f1"].items()})
+        writer.write_scalars(step, scalars)
+        return result
+
+
+def _pad(frames: np.ndarray | None, size: int, shape) -> np.ndarray:
+    out = np.zeros((size, *shape), np.uint8)
+    if frames is not None:
+        out[: len(frames)] = frames
+    return out
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "config.json")
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: is {workdir} a training workdir?")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
+    """Evaluate the latest checkpoint of a fine-tuning workdir on its test fold (or `split`).
+
+    Writes `WORKDIR/metrics.json` and `WORKDIR/metrics.md`; returns the metrics.
+    """
+    from auvmae_jax import finetune
+
+    config = load_config(workdir)
+    if config.get("task") != "finetune":
+        raise UserError(f"{workdir} is not a fine-tuning workdir (task {config.get('task')!r})")
+    builder = input_pipeline.load_builder(config.data)
+    aus = finetune.aus_of(builder)
+    split = split or finetune.splits(config, builder)[1]
+    source = input_pipeline.data_source(builder, split)
+    model = finetune.build_model(config, len(aus))
+    params = finetune.load_checkpoint_params(workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    with jax.set_mesh(mesh):
+        evaluator = Evaluator(model, finetune.level_settings(config), source,
+                              finetune.sampler(config, train=False), aus, config.eval_batch_size, config.seed)
+        result = evaluator.evaluate(params)
+    result["split"] = split
+    write_metrics(workdir, result, aus, title=f"{os.path.basename(os.path.abspath(workdir))} ({split})")
+    return result
+
+
+def write_metrics(workdir: str, result: dict, aus: list[int], title: str) -> None:
+    if jax.process_index() != 0:
+        return
+    with open(os.path.join(workdir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    table = metrics.markdown_table({title: result, "all-positive baseline": metrics.baseline_row(result)},
+                                   aus)
+    with open(os.path.join(workdir, "metrics.md"), "w") as f:
+        f.write(table + "\n")
+    print(table)

@@ -1,0 +1,225 @@
+"""Fine-tuning task: knowledge-guided multi-level AU detection (SPEC §2).
+
+Model: the pre-trained encoder + a per-frame head. Loss: weighted BCE (eq. 2) +
+l_intra * ||K_intra - C||_F + l_inter * ||K_inter - S||_F (eq. 9), with the priors
+computed once from the training split. Data: labelled clips at one of three
+input levels (video, frame, patch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from auvmae_jax import evaluation, input_pipeline, knowledge, losses, masking, trainer
+from auvmae_jax.errors import UserError
+from auvmae_jax.models import AUDetector, ViTConfig
+
+log = logging.getLogger("auvmae")
+
+LEVELS = ("video", "frame", "patch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+    """What the model sees at one input level of a `clip_length`-frame clip."""
+
+    name: str
+    num_frames: int  # frames fed to the encoder
+    temporal_stride: int
+    mask_ratio: float  # tube mask on the encoder's input (patch level)
+
+
+def level_settings(config: Any) -> Level:
+    """The input level chosen by `config.level`, from `clip_length` and the level knobs."""
+    if config.level not in LEVELS:
+        raise UserError(f"config.level {config.level!r} is not one of {LEVELS}")
+    stride = config.frame_stride if config.level == "frame" else 1
+    if config.clip_length % stride:
+        raise UserError(f"clip_length {config.clip_length} is not divisible by frame_stride {stride}")
+    ratio = config.patch_mask_ratio if config.level == "patch" else 0.0
+    return Level(config.level, config.clip_length // stride, stride, ratio)
+
+
+def build_model(config: Any, num_classes: int) -> AUDetector:
+    level = level_settings(config)
+    return AUDetector(ViTConfig.from_config(config.model), num_classes, level.temporal_stride)
+
+
+def sampler(config: Any, train: bool) -> input_pipeline.ClipSampler:
+    level = level_settings(config)
+    return input_pipeline.ClipSampler(
+        num_frames=level.num_frames, temporal_stride=level.temporal_stride,
+        image_size=config.data.image_size, train=train, crop_scale=tuple(config.data.crop_scale),
+        crop_ratio=tuple(config.data.crop_ratio), flip=config.data.flip, with_labels=True)
+
+
+def visible_positions(key: jax.Array, batch: int, model: AUDetector, video_shape, ratio: float):
+    """Tube-masked spatial positions for patch level, None for video and frame levels."""
+    if ratio <= 0:
+        return None
+    _, hp, wp = model.cfg.grid(*video_shape[1:4])
+    return masking.tube_mask(key, batch, hp * wp, ratio)[0]
+
+
+def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, level: Level,
+                  priors: dict, lambdas: tuple[float, float, float], kind: str) -> tuple[jax.Array, dict]:
+    """Eq. 9 on a batch `{'frames': uint8 [B,T',H,W,3], 'labels', 'valid': uint8 [B,T,N]}`."""
+    mask_key, drop_key = jax.random.split(rng)
+    _, x = losses.normalize_frames(batch["frames"], model.cfg.dtype)
+    visible = visible_positions(mask_key, x.shape[0], model, x.shape, level.mask_ratio)
+    logits = model.apply({"params": params}, x, visible, deterministic=False, rngs={"dropout": drop_key})
+    valid = batch["valid"].astype(jnp.float32)
+    l_cls = losses.weighted_bce(logits, batch["labels"], valid, priors["class_weights"])
+    probs = jax.nn.sigmoid(logits)
+    l_intra = knowledge.intra_loss(priors["intra_prior"], knowledge.learned_intra(probs), kind)
+    l_inter = knowledge.inter_loss(priors["inter_prior"], knowledge.learned_inter(probs), kind)
+    w_cls, w_intra, w_inter = lambdas
+    total = w_cls * l_cls + w_intra * l_intra + w_inter * l_inter
+    return total, {"loss_cls": l_cls, "loss_intra": l_intra, "loss_inter": l_inter}
+
+
+# ---------------------------------------------------------------------------- data and priors
+
+
+def splits(config: Any, builder) -> tuple[str, str]:
+    """(train split, test split) of `config.fold`: fold k tests on part k (DATA.md)."""
+    if config.fold not in (1, 2, 3):
+        raise UserError(f"config.fold must be 1, 2 or 3, got {config.fold}")
+    available = set(builder.info.splits)
+    train_parts = [f"part{k}" for k in (1, 2, 3) if k != config.fold]
+    if config.data.train_aug:
+        train_parts += [f"{p}_aug" for p in train_parts if f"{p}_aug" in available]
+    return "+".join(p for p in train_parts if p in available), f"part{config.fold}"
+
+
+def training_priors(source, aus: list[int], workdir: str) -> dict:
+    """Class weights and AU-pair priors of the training clips, saved under `workdir/priors`."""
+    labels = [np.asarray(source[i]["labels"]) for i in range(len(source))]
+    valid = [np.asarray(source[i]["valid"]) for i in range(len(source))]
+    priors = knowledge.compute_priors(labels, valid)
+    if jax.process_index() == 0:
+        knowledge.save_priors(os.path.join(workdir, "priors"), priors, aus)
+    return priors
+
+
+def aus_of(builder) -> list[int]:
+    aus = builder.info.metadata and builder.info.metadata.get("aus")
+    if not aus:
+        raise UserError(f"dataset {builder.data_dir} has no metadata['aus']: not an AU dataset")
+    return [int(a) for a in aus]
+
+
+# ---------------------------------------------------------------------------- initialisation
+
+
+def load_checkpoint_params(path: str) -> dict:
+    """Parameters of the latest checkpoint under `path` (a workdir or its checkpoints dir)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    if not os.path.isdir(ckpt_dir):
+        raise UserError(f"init checkpoint {path}: no such directory")
+    manager = ocp.CheckpointManager(ckpt_dir)
+    step = manager.latest_step()
+    if step is None:
+        raise UserError(f"init checkpoint {path}: no checkpoint in {ckpt_dir}")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return jax.tree.map(np.asarray, restored.state["params"])
+
+
+def encoder_initialiser(path: str):
+    """`init_params` that replaces the encoder with the one in `path` (decoder dropped)."""
+
+    def init(params: dict) -> dict:
+        loaded = load_checkpoint_params(path)
+        if "encoder" not in loaded:
+            raise UserError(f"init checkpoint {path}: no 'encoder' parameters")
+        enc = dict(loaded["encoder"])
+        dropped = sorted(set(enc) - set(params["encoder"]))
+        for k in dropped:
+            enc.pop(k)
+        missing = sorted(set(params["encoder"]) - set(enc))
+        if missing:
+            raise UserError(f"init checkpoint {path}: encoder lacks {missing}")
+        want = jax.tree.map(np.shape, params["encoder"])
+        got = jax.tree.map(np.shape, enc)
+        if want != got:
+            bad = [k for k in want if want[k] != got.get(k)]
+            raise UserError(f"init checkpoint {path}: encoder shapes differ from the config in {bad[:3]} "
+                            "(check model.preset, patch_size, tubelet_size)")
+        log.info("encoder initialised from %s%s", path,
+                 f"; dropped {dropped} and the decoder" if dropped else "; decoder dropped")
+        return {**params, "encoder": enc}
+
+    return init
+
+
+def layer_decay_multipliers(decay: float, depth: int):
+    """VideoMAE's layer-wise lr decay: `decay ** (depth + 1 - layer_id)` per parameter."""
+
+    def multipliers(params: dict) -> dict:
+        def layer_id(path) -> int:
+            keys = [getattr(k, "key", "") for k in path]
+            if keys[0] != "encoder":
+                return depth + 1
+            if keys[1] == "patch_embed":
+                return 0
+            if keys[1].startswith("block"):
+                return int(keys[1][len("block"):]) + 1
+            return depth + 1
+
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: float(decay ** (depth + 1 - layer_id(path))), params)
+
+    return multipliers
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+def make_task(config: Any, workdir: str) -> trainer.Task:
+    builder = input_pipeline.load_builder(config.data)
+    aus = aus_of(builder)
+    train_split, test_split = splits(config, builder)
+    train_source = input_pipeline.data_source(builder, train_split)
+    test_source = input_pipeline.data_source(builder, test_split)
+    level = level_settings(config)
+    log.info("fine-tuning on %s (%d clips), testing on %s (%d clips); level %s; AUs %s",
+             train_split, len(train_source), test_split, len(test_source), level.name, aus)
+    priors = training_priors(train_source, aus, workdir)
+    priors = {k: jnp.asarray(priors[k]) for k in ("class_weights", "intra_prior", "inter_prior")}
+    model = build_model(config, len(aus))
+    data = input_pipeline.make_dataset(train_source, sampler(config, train=True),
+                                       batch_size=config.batch_size, seed=config.seed,
+                                       worker_count=config.data.worker_count)
+    s = config.data.image_size
+    init_inputs = (jnp.zeros((1, level.num_frames, s, s, 3), jnp.float32),)
+    if level.mask_ratio > 0:
+        _, hp, wp = model.cfg.grid(level.num_frames, s)
+        init_inputs += (jnp.zeros((1, hp * wp - masking.num_masked(hp * wp, level.mask_ratio)), jnp.int32),)
+    loss_fn = functools.partial(
+        finetune_loss, model=model, level=level, priors=priors,
+        lambdas=(config.loss.l_cls, config.loss.l_intra, config.loss.l_inter), kind=config.loss.kind)
+    evaluator = evaluation.Evaluator(model, level, test_source, sampler(config, train=False), aus,
+                                     config.eval_batch_size, seed=config.seed)
+    return trainer.Task(
+        model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
+        steps_per_epoch=max(len(train_source) // config.batch_size, 1),
+        evaluate=evaluator.periodic,
+        init_params=encoder_initialiser(config.init_from) if config.init_from else None,
+        lr_multipliers=layer_decay_multipliers(config.optimizer.layer_decay, model.cfg.depth)
+        if config.optimizer.layer_decay < 1 else None)
+
+
+def train(config: Any, workdir: str, hooks: tuple = ()):
+    """Fine-tune as `config` says (resuming from `workdir`), then evaluate the test fold."""
+    state, history = trainer.run(config, workdir, functools.partial(make_task, config), hooks)
+    return state, history
