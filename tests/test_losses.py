@@ -46,7 +46,8 @@ def test_weighted_bce_by_hand():
     valid = jnp.asarray([[[1, 1], [1, 0]], [[0, 0], [1, 1]]])  # frame (1, 0) has no valid label
     w = jnp.asarray([0.5, 1.5])
     bce = lambda x, y: np.log1p(np.exp(-x)) if y else np.log1p(np.exp(x))  # noqa: E731
-    frames = [0.5 * bce(0.0, 1) + 1.5 * bce(2.0, 0), 0.5 * bce(-1.0, 0), 0.5 * bce(0.0, 0) + 1.5 * bce(0.0, 0)]
+    frames = [0.5 * bce(0.0, 1) + 1.5 * bce(2.0, 0), 0.5 * bce(-1.0, 0),
+              0.5 * bce(0.0, 0) + 1.5 * bce(0.0, 0)]
     expected = sum(frames) / 3
     assert np.isclose(float(losses.weighted_bce(logits, labels, valid, w)), expected, rtol=1e-6)
     # Stable for large logits: no inf/nan where log(sigmoid) would underflow.
