@@ -1,0 +1,30 @@
+"""TFDS builders of the project (importable without TensorFlow).
+
+`build_synthetic(data_dir, **config)` prepares the synthetic face videos once and
+returns the builder; `clips` holds the record-schema helpers the AU builders share.
+Importing this package registers the builders with TFDS (`tfds.builder('synthetic_faces')`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+from data_builders.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
+
+__all__ = ["SyntheticFaces", "SyntheticFacesConfig", "build_synthetic"]
+
+
+def build_synthetic(data_dir: str, **config_kwargs) -> SyntheticFaces:
+    """The `synthetic_faces` builder for `SyntheticFacesConfig(**config_kwargs)`, prepared.
+
+    Builds into `data_dir/synthetic_faces/<config name>/<version>` unless already
+    there; configs with different parameters have different names, so they coexist.
+    """
+    config = SyntheticFacesConfig(**config_kwargs)
+    config = SyntheticFaces.builder_configs.get(config.name, config)  # tfds wants the registered object
+    builder = SyntheticFaces(config=config, data_dir=os.path.expanduser(data_dir), file_format="array_record")
+    if not builder.is_prepared():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return builder

@@ -1,0 +1,149 @@
+"""Clip cutting, padding, minority spans (SPEC §3) and subject parts, on hand-worked examples."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from data_builders import clips
+
+
+@pytest.mark.parametrize(
+    "num_frames, length, stride, expected",
+    [
+        (40, 16, None, [0, 16, 32]),  # last clip runs past the end (8 real frames)
+        (32, 16, None, [0, 16]),  # exact fit: no padded clip
+        (5, 16, None, [0]),
+        (0, 16, None, []),
+        (40, 16, 8, [0, 8, 16, 24]),  # 24 + 16 = 40 reaches the end
+        (41, 16, 8, [0, 8, 16, 24, 32]),
+        (3, 1, 1, [0, 1, 2]),
+    ],
+)
+def test_clip_starts(num_frames, length, stride, expected):
+    starts = clips.clip_starts(num_frames, length, stride)
+    assert starts == expected
+    covered = {f for s in starts for f in range(s, min(s + length, num_frames))}
+    assert covered == set(range(num_frames))
+
+
+def test_clip_starts_rejects_gaps():
+    with pytest.raises(ValueError):
+        clips.clip_starts(40, 16, 17)
+    with pytest.raises(ValueError):
+        clips.clip_starts(40, 16, 0)
+
+
+def test_pad_clip_list_of_bytes():
+    labels = np.array([[1, 0], [0, 1]], np.uint8)
+    valid = np.ones_like(labels)
+    frames, lab, val = clips.pad_clip([b"a", b"b"], labels, valid, 4)
+    assert frames == [b"a", b"b", b"b", b"b"]
+    np.testing.assert_array_equal(lab, [[1, 0], [0, 1], [0, 0], [0, 0]])
+    np.testing.assert_array_equal(val, [[1, 1], [1, 1], [0, 0], [0, 0]])
+    assert lab.dtype == np.uint8 and val.dtype == np.uint8
+
+
+def test_pad_clip_array_and_full_clip():
+    frames = np.arange(3 * 2).reshape(3, 2)
+    f, lab, val = clips.pad_clip(frames, np.ones((3, 1)), np.ones((3, 1)), 5)
+    np.testing.assert_array_equal(f, [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]])
+    np.testing.assert_array_equal(val[:, 0], [1, 1, 1, 0, 0])
+    f, lab, val = clips.pad_clip(frames, np.ones((3, 1)), np.ones((3, 1)), 3)
+    assert f is frames and val.sum() == 3
+    with pytest.raises(ValueError):
+        clips.pad_clip([], np.zeros((0, 1)), np.zeros((0, 1)), 3)
+
+
+def _labels(num_frames, active, col=0, num_aus=3):
+    lab = np.zeros((num_frames, num_aus), np.uint8)
+    lab[list(active), col] = 1
+    return lab
+
+
+def test_minority_span_single():
+    lab = _labels(60, range(5, 8))
+    # starts at the first active frame, ends after 15 quiet frames following the last one
+    assert clips.minority_spans(lab, np.ones_like(lab), [0, 2]) == [(5, 8 + 15)]
+
+
+def test_minority_spans_merge_and_split_by_quiet_rule():
+    # 14 quiet frames (6..19) between two active frames: one span
+    lab = _labels(60, [5, 20])
+    assert clips.minority_spans(lab, np.ones_like(lab), [0]) == [(5, 36)]
+    # exactly 15 quiet frames (6..20): the first span ends, a new one starts at 21
+    lab = _labels(60, [5, 21])
+    assert clips.minority_spans(lab, np.ones_like(lab), [0]) == [(5, 21), (21, 37)]
+    # two different minority columns chain into one span
+    lab = _labels(60, [5]) | _labels(60, [12], col=2)
+    assert clips.minority_spans(lab, np.ones_like(lab), [0, 2]) == [(5, 28)]
+
+
+def test_minority_span_cut_by_video_end_and_custom_quiet():
+    lab = _labels(60, [55, 59])
+    assert clips.minority_spans(lab, np.ones_like(lab), [0]) == [(55, 60)]
+    lab = _labels(20, [2, 6])
+    assert clips.minority_spans(lab, np.ones_like(lab), [0], quiet=3) == [(2, 6), (6, 10)]
+
+
+def test_minority_spans_ignore_other_columns_and_invalid_frames():
+    lab = _labels(40, range(3, 30), col=1)  # not a minority column
+    assert clips.minority_spans(lab, np.ones_like(lab), [0, 2]) == []
+    lab = _labels(40, [4, 10])
+    valid = np.ones_like(lab)
+    valid[4] = 0  # unknown label at frame 4
+    assert clips.minority_spans(lab, valid, [0]) == [(10, 26)]
+    assert clips.minority_spans(lab, valid, []) == []
+
+
+def test_iter_clips():
+    assert list(clips.iter_clips(40, 16)) == [(0, 16), (16, 32), (32, 40)]
+    assert list(clips.iter_clips(40, 16, 8)) == [(0, 16), (8, 24), (16, 32), (24, 40)]
+    # span clips take clip_length frames from the span start, padded only at the video end
+    spans = [(5, 21), (30, 70), (90, 100)]
+    assert list(clips.iter_clips(100, 16, spans=spans)) == [
+        (5, 21), (30, 46), (46, 62), (62, 78), (90, 100)]
+
+
+def test_jpeg_roundtrip():
+    yy, xx = np.mgrid[:32, :48]
+    frame = np.stack([xx * 5, yy * 7, 128 + 0 * xx], -1).astype(np.uint8)  # smooth: JPEG keeps it
+    data = clips.encode_jpeg(frame, 95)
+    assert data[:2] == b"\xff\xd8" and data == clips.encode_jpeg(frame, 95)
+    back = clips.decode_jpeg(data)
+    assert back.shape == frame.shape and np.abs(back.astype(int) - frame).mean() < 3
+
+
+def test_part_of_subject_is_a_stable_hash():
+    for sid in ["S001", "S002", "F001", "SN010"]:
+        h = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "big")
+        assert clips.part_of_subject(sid) == f"part{h % 3 + 1}"
+    assert [clips.part_of_subject(f"S{i:03d}") for i in range(1, 7)] == [
+        clips.part_of_subject(f"S{i:03d}") for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_assign_parts_fills_every_part(n):
+    ids = [f"S{i + 1:03d}" for i in range(n)]
+    parts = clips.assign_parts(ids)
+    assert sorted(parts) == ids
+    assert len(set(parts.values())) == min(n, 3)
+    assert clips.assign_parts(ids[::-1]) == parts  # independent of input order
+
+
+def test_assign_parts_uses_hash_when_it_fills_all_parts():
+    ids = [f"S{i + 1:03d}" for i in range(24)]
+    parts = clips.assign_parts(ids)
+    if {clips.part_of_subject(s) for s in ids} == set(clips.PARTS):
+        assert parts == {s: clips.part_of_subject(s) for s in ids}
+
+
+def test_au_clip_features_schema():
+    feats = clips.au_clip_features(8, 5)
+    assert feats["labels"].shape == (8, 5) and feats["valid"].shape == (8, 5)
+    assert feats["labels"].np_dtype == np.uint8 and feats["start_frame"].np_dtype == np.int32
+    ex = feats.encode_example({
+        "frames": np.array([b"x"] * 8, dtype=object), "labels": np.zeros((8, 5), np.uint8),
+        "valid": np.ones((8, 5), np.uint8), "subject": "S001", "video": "S001_V1", "start_frame": 1,
+    })
+    assert list(ex["frames"]) == [b"x"] * 8
