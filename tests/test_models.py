@@ -88,3 +88,15 @@ def test_unknown_model_key_is_a_clear_error():
         ViTConfig.from_config(dict(preset="B", widht=3))
     with pytest.raises(ValueError, match="unknown model preset"):
         ViTConfig.from_config(dict(preset="XL"))
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8, dtype="bfloat16"))
+    model = VideoMAE(cfg)
+    video = jnp.ones((2, 4, 32, 32, 3), jnp.bfloat16)
+    vis, msk = masking.tube_mask(jax.random.key(0), 2, 16, 0.75)
+    variables = nn.meta.unbox(model.init(jax.random.key(1), video, vis, msk))
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype("float32")}
+    out = model.apply(variables, video, vis, msk)
+    assert out.dtype == jnp.bfloat16 and out.shape == (2, 2 * 12, 384)
+    assert np.isfinite(np.asarray(out, np.float32)).all()

@@ -5,8 +5,10 @@ half the image side). The face is drawn in face coordinates (u, v), same unit,
 related to the image by a per-frame similarity transform (head motion). Every
 part is a signed distance `d` (face units) turned into coverage by
 `clip(0.5 - d / pixel, 0, 1)`: analytic anti-aliasing, no supersampling.
-AU intensities (0..5, `timeline.py`) deform the parts linearly; at intensity 5
-the deformations are 3-6 pixels at 64x64. All randomness comes from `rng`.
+AU intensities (0..5, `timeline.py`) deform the parts through `appearance`: a
+trace (intensity < 1.5) is faint, and the change becomes evident around the label
+threshold 2, as FACS's intensity B describes; at intensity 5 the deformations are
+3-6 pixels at 64x64. All randomness comes from `rng`.
 """
 
 from __future__ import annotations
@@ -340,6 +342,18 @@ def _draw_nose_mouth(cv: _Canvas, f: Identity, a: dict[int, np.ndarray]) -> None
     _lines(cv, win, [(x, cy + y, x, cy + y) for x, y in dots], 0.022, 0.85 * a[17], _ink(skin, 0.6))
 
 
+def appearance(intensity: np.ndarray) -> np.ndarray:
+    """Deformation amplitude in [0, 1] of an AU intensity 0..5.
+
+    Up to 0.2 for traces (intensity <= 1.5), a smooth rise to 0.75 between 1.5
+    and 2.5 (the label threshold is 2), then linear to 1 at intensity 5.
+    """
+    i = np.clip(np.asarray(intensity, np.float32), 0, 5)
+    s = np.clip((i - 1.5) / 1.0, 0, 1)
+    return (0.2 * np.minimum(i / 1.5, 1) + 0.55 * s * s * (3 - 2 * s)
+            + 0.25 * np.clip((i - 2.5) / 2.5, 0, 1)).astype(np.float32)
+
+
 def render_frames(identity: Identity, intensities: np.ndarray, image_size: int,
                   rng: np.random.Generator) -> np.ndarray:
     """Render one continuous video of `identity` making the given AU intensities.
@@ -359,7 +373,7 @@ def render_frames(identity: Identity, intensities: np.ndarray, image_size: int,
     for t0 in range(0, n, _CHUNK):
         sl = slice(t0, min(t0 + _CHUNK, n))
         m = {k: val[sl].astype(np.float32)[:, None, None] for k, val in motion.items()}
-        a = {au: np.clip(intensities[sl, _COL[au]], 0, 5)[:, None, None] / 5.0 for au in AUS}
+        a = {au: appearance(intensities[sl, _COL[au]])[:, None, None] for au in AUS}
         cv = _Canvas(image_size, {k: val[sl] for k, val in motion.items()}, identity)
         _draw_head(cv, identity, a)
         _draw_brows_eyes(cv, identity, a, m)

@@ -77,8 +77,9 @@ def render_video(cfg: SyntheticFacesConfig, subject: int, video: int) -> np.ndar
 class SyntheticFaces(tfds.core.GeneratorBasedBuilder):
     """Procedural face videos with 14 AU labels per frame (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "AU appearance rises sharply around the label threshold (FACS B)."}
     BUILDER_CONFIGS = [SyntheticFacesConfig()]
 
     def _info(self) -> tfds.core.DatasetInfo:
