@@ -19,19 +19,28 @@ def normalize_frames(frames: jax.Array, dtype=jnp.float32) -> tuple[jax.Array, j
     return x01, ((x01 - mean) / std).astype(dtype)
 
 
+def tubelet_stats(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and unbiased std of tubelets `[..., P*3]` -> two `[..., 1, 3]` arrays."""
+    x = tokens.reshape(*tokens.shape[:-1], -1, 3)
+    return x.mean(axis=-2, keepdims=True), jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1))
+
+
+def normalize_tubelets(tokens: jax.Array) -> jax.Array:
+    """`(x - mean) / (std + 1e-6)` per tubelet and channel (VideoMAE's norm_pix_loss)."""
+    mean, std = tubelet_stats(tokens)
+    x = tokens.reshape(*tokens.shape[:-1], -1, 3)
+    return ((x - mean) / (std + 1e-6)).reshape(tokens.shape)
+
+
 def mae_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool = True) -> jax.Array:
     """Reconstruction targets `[B, L, kt*p*p*3]` from `[0, 1]` frames `[B, T, H, W, 3]`.
 
-    With `normalize`, each tubelet is standardised per channel over its kt*p*p
-    values with the unbiased variance: `(x - mean) / (std + 1e-6)` (VideoMAE's
-    norm_pix_loss). Values are ordered (t, h, w, c) inside a tubelet.
+    Values are ordered (t, h, w, c) inside a tubelet. With `normalize`, each tubelet
+    is standardised per channel over its kt*p*p values with the unbiased variance.
     """
     x = patchify(video01.astype(jnp.float32), tubelet, patch)  # [B, L, P, C]
-    if normalize:
-        mean = x.mean(axis=2, keepdims=True)
-        std = jnp.sqrt(x.var(axis=2, keepdims=True, ddof=1))
-        x = (x - mean) / (std + 1e-6)
-    return x.reshape(x.shape[0], x.shape[1], -1)
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    return normalize_tubelets(x) if normalize else x
 
 
 def reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:

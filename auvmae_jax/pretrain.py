@@ -51,14 +51,13 @@ def reconstruct(model: VideoMAE, params, frames: np.ndarray, key: jax.Array, mas
     visible, masked = masking.tube_mask(key, x.shape[0], hp * wp, mask_ratio)
     pred = model.apply({"params": params}, x, visible, masked).astype(jnp.float32)
     ids = masking.tube_token_ids(masked, tt, hp * wp)
-    raw = masking.gather_tokens(losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, False), ids)
-    target = masking.gather_tokens(losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix), ids)
+    tokens = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, normalize=False)
+    raw = masking.gather_tokens(tokens, ids)
+    target = losses.normalize_tubelets(raw) if norm_pix else raw
     loss = float(losses.reconstruction_loss(pred, target))
     if norm_pix:  # back to pixels with each tubelet's own per-channel mean and std
-        p = raw.reshape(*raw.shape[:2], -1, 3)
-        mean, std = p.mean(2, keepdims=True), jnp.sqrt(p.var(2, keepdims=True, ddof=1))
-        pred = (pred.reshape(p.shape) * (std + 1e-6) + mean).reshape(raw.shape)
-    tokens = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, False)
+        mean, std = losses.tubelet_stats(raw)
+        pred = (pred.reshape(*raw.shape[:2], -1, 3) * (std + 1e-6) + mean).reshape(raw.shape)
     rows = jnp.arange(tokens.shape[0])[:, None]
     masked_tokens = tokens.at[rows, ids].set(0.5)
     recon_tokens = tokens.at[rows, ids].set(jnp.clip(pred, 0.0, 1.0))
