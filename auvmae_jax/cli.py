@@ -32,6 +32,7 @@ commands:
   evaluate   score a fine-tuned workdir on its test fold: --workdir=DIR [--split=SPLIT]
   crossval   3-fold cross-validation: --config=configs/finetune.py:... --workdir=DIR [--ablation]
   priors     AU-pair priors and heat maps: --config=configs/finetune.py:... --workdir=DIR [--pair=6,12]
+             (a fine-tuning workdir alone: its config, and its model's learned matrices beside)
 
 `auvmae COMMAND --helpfull` lists the flags."""
 
@@ -73,9 +74,12 @@ def _crossval() -> None:
 
 
 def _priors() -> None:
-    from auvmae_jax import figures
+    from auvmae_jax import evaluation, figures
 
-    config, workdir = _require_config_and_workdir()
+    if FLAGS.config is None and FLAGS.workdir:  # a fine-tuning workdir carries its config
+        config, workdir = evaluation.load_config(FLAGS.workdir), FLAGS.workdir
+    else:
+        config, workdir = _require_config_and_workdir()
     pair = None
     if FLAGS.pair:
         try:
