@@ -103,8 +103,8 @@ def splits(config: Any, builder) -> tuple[str, str]:
 
 def training_priors(source, aus: list[int], workdir: str) -> dict:
     """Class weights and AU-pair priors of the training clips, saved under `workdir/priors`."""
-    labels = [np.asarray(source[i]["labels"]) for i in range(len(source))]
-    valid = [np.asarray(source[i]["valid"]) for i in range(len(source))]
+    records = (source[i] for i in range(len(source)))  # each record read once
+    labels, valid = zip(*((np.asarray(r["labels"]), np.asarray(r["valid"])) for r in records))
     priors = knowledge.compute_priors(labels, valid)
     if jax.process_index() == 0:
         knowledge.save_priors(os.path.join(workdir, "priors"), priors, aus)
@@ -220,6 +220,8 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
 
 
 def train(config: Any, workdir: str, hooks: tuple = ()):
-    """Fine-tune as `config` says (resuming from `workdir`), then evaluate the test fold."""
-    state, history = trainer.run(config, workdir, functools.partial(make_task, config), hooks)
-    return state, history
+    """Fine-tune as `config` says, resuming from `workdir`; evaluation is `evaluation.py`'s.
+
+    Returns the final state and the logged metrics (see `trainer.run`).
+    """
+    return trainer.run(config, workdir, functools.partial(make_task, config), hooks)
