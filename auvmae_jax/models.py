@@ -45,7 +45,7 @@ class ViTConfig:
     drop_path: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: bool = False
-    attention_impl: str | None = None  # None: best available, 'xla', 'cudnn'
+    attention_impl: str | None = None  # None/'auto': cudnn where it applies, else 'xla'
 
     @classmethod
     def from_config(cls, cfg: Any) -> ViTConfig:
@@ -86,6 +86,29 @@ def patchify(video: jax.Array, tubelet: int, patch: int) -> jax.Array:
     x = video.reshape(b, t // tubelet, tubelet, h // patch, patch, w // patch, patch, c)
     x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
     return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
+
+
+ATTENTION_IMPLS = (None, "auto", "xla", "cudnn")
+
+
+def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
+                             backend: str | None = None) -> str:
+    """The `jax.nn.dot_product_attention` implementation to use.
+
+    'xla' and 'cudnn' are taken as asked. None/'auto' picks cuDNN's fused (flash)
+    attention on NVIDIA GPUs where it applies (bf16/fp16 inputs, head dim a multiple
+    of 8 up to 128) and XLA's otherwise (CPU, TPU, float32). `backend` defaults to
+    `jax.default_backend()`.
+    """
+    if requested not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention_impl {requested!r}; known: {ATTENTION_IMPLS}")
+    if requested in ("xla", "cudnn"):
+        return requested
+    backend = jax.default_backend() if backend is None else backend
+    fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+    if backend in ("gpu", "cuda") and fused_dtype and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "xla"
 
 
 def _dense_init(names: tuple[str | None, ...]):
@@ -130,7 +153,8 @@ class Attention(nn.Module):
         k = qkv[:, :, 1]
         v = qkv[:, :, 2] + v_bias.astype(dtype)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-        out = jax.nn.dot_product_attention(q, k, v, implementation=self.cfg.attention_impl)
+        impl = attention_implementation(self.cfg.attention_impl, dtype, dh)
+        out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
         return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)
 
 
