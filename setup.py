@@ -26,9 +26,11 @@ setup(
         "av",
         "tensorboardX",
         "matplotlib",
+        "opencv-python-headless>=4.8,<5",  # face detection; OpenCV 5 ships no Haar cascades
+        "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "ruff"],
+        "test": ["pytest", "ruff", "torch==2.13.0", "transformers"],
         "beam": ["apache-beam>=2.60"],
     },
     entry_points={"console_scripts": ["auvmae=auvmae_jax.cli:entry_point"]},

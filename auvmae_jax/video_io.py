@@ -1,0 +1,160 @@
+"""Video files in and out with PyAV (FFmpeg): streaming decode, probing, writing.
+
+Decoding yields one frame at a time, so memory stays bounded for long videos. Any
+container/codec FFmpeg reads works (mp4, avi, mov, mkv; h264, hevc, mpeg4, ...).
+A file that cannot be opened is a `UserError` naming it; a file that breaks off
+part-way (truncated, corrupt tail) yields the frames that decode, then a warning.
+"""
+
+from __future__ import annotations
+
+import fractions
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+import av
+import numpy as np
+
+from auvmae_jax.errors import UserError
+
+log = logging.getLogger("auvmae")
+
+_READ_ERRORS = (av.FFmpegError, OSError, UnicodeDecodeError)
+
+
+class Frame(NamedTuple):
+    """One decoded frame: its 0-based index, presentation time (s) and pixels `[H, W, 3]` uint8."""
+
+    index: int
+    timestamp: float
+    rgb: np.ndarray
+
+
+class VideoInfo(NamedTuple):
+    """Frame rate, frame count (estimated from the duration where the container has none), size."""
+
+    fps: float
+    num_frames: int
+    width: int
+    height: int
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise UserError(f"video {path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"video {path}: is a directory, not a video file")
+    try:
+        container = av.open(path, mode="r")
+    except _READ_ERRORS as e:
+        raise UserError(f"video {path}: cannot be read as a video ({_reason(e)})") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"video {path}: has no video stream")
+    return container
+
+
+def _reason(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return " ".join(str(text).split())  # one line
+
+
+def _fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame rate, frame count, width and height of the first video stream of `path`."""
+    path = os.fspath(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        fps = _fps(stream)
+        count = int(stream.frames or 0)
+        if count <= 0 and fps > 0:  # e.g. some avi/mkv: estimate from the duration
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                seconds = 0.0
+            count = int(round(seconds * fps))
+        ctx = stream.codec_context
+        return VideoInfo(fps=fps, num_frames=count, width=int(ctx.width), height=int(ctx.height))
+    finally:
+        container.close()
+
+
+def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
+    """Decode the first video stream of `path` frame by frame, as RGB uint8 `[H, W, 3]`.
+
+    Timestamps are the frames' presentation times relative to the first frame (the
+    index divided by the frame rate where the file has none). Decoding errors after
+    the first frame end the iteration with a warning (truncated files); an error
+    before any frame decodes is a `UserError`.
+    """
+    path = os.fspath(path)
+    container = _open(path)
+    index = 0
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame + slice threads: faster, same frames
+        fps = _fps(stream)
+        announced = int(stream.frames or 0)
+        t0 = None
+        decoded = container.decode(stream)
+        while True:
+            try:
+                frame = next(decoded)
+            except StopIteration:
+                break
+            except _READ_ERRORS as e:
+                if index == 0:
+                    raise UserError(f"video {path}: no frame could be decoded ({_reason(e)})") from None
+                log.warning("video %s: decoding stopped after %d frames (%s); the rest is skipped",
+                            path, index, _reason(e))
+                break
+            t = frame.time
+            if t is None:
+                t = index / fps if fps else float(index)
+            if t0 is None:
+                t0 = t
+            yield Frame(index, float(t - t0), frame.to_ndarray(format="rgb24"))
+            index += 1
+    finally:
+        container.close()
+    if index == 0:
+        raise UserError(f"video {path}: contains no decodable frame")
+    if announced and index < announced:
+        log.warning("video %s: %d frames decoded of the %d its header announces (truncated?)",
+                    path, index, announced)
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0,
+                codec: str = "libx264", crf: int = 18) -> int:
+    """Encode RGB uint8 frames `[H, W, 3]` (even H and W for yuv420p) to `path`; returns the count."""
+    path = os.fspath(path)
+    count = 0
+    with av.open(path, mode="w") as container:
+        stream = None
+        for rgb in frames:
+            rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+            if stream is None:
+                stream = container.add_stream(codec, rate=int(round(fps)) if float(fps).is_integer()
+                                              else fractions.Fraction(fps).limit_denominator(1001))
+                stream.width, stream.height = rgb.shape[1], rgb.shape[0]
+                stream.pix_fmt = "yuv420p"
+                if codec == "libx264":
+                    stream.options = {"crf": str(crf)}
+                elif codec == "libx265":
+                    stream.options = {"crf": str(crf), "x265-params": "log-level=error"}
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+            count += 1
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
+    return count
