@@ -2,7 +2,8 @@
 
 `build_synthetic(data_dir, **config)` prepares the synthetic face videos once and
 returns the builder; `clips` holds the record-schema helpers the AU builders share.
-Importing this package registers the builders with TFDS (`tfds.builder('synthetic_faces')`).
+Importing this package registers the builders with TFDS (`tfds.builder('synthetic_faces')`,
+`disfa`, `bp4d`, `face_videos`; the real ones are built by `auvmae build-data`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,13 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_builders.bp4d import Bp4d, Bp4dConfig
+from data_builders.disfa import Disfa, DisfaConfig
+from data_builders.face_videos import FaceVideos, FaceVideosConfig
 from data_builders.synthetic_faces import SyntheticFaces, SyntheticFacesConfig
 
-__all__ = ["SyntheticFaces", "SyntheticFacesConfig", "build_synthetic"]
+__all__ = ["Bp4d", "Bp4dConfig", "Disfa", "DisfaConfig", "FaceVideos", "FaceVideosConfig",
+           "SyntheticFaces", "SyntheticFacesConfig", "build_synthetic"]
 
 
 def build_synthetic(data_dir: str, **config_kwargs) -> SyntheticFaces:

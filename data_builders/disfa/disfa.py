@@ -1,0 +1,191 @@
+"""`disfa`: DISFA videos as face-cropped clips with per-frame AU labels (DATA.md schema).
+
+Reads the layout the owners ship (DATA.md, "DISFA"):
+
+- `ActionUnit_Labels/SN001/SN001_au1.txt` ...: one file per AU, lines `frame,intensity`
+  (frames from 1, intensity 0-5); an AU is active when its intensity is >= 2. The 8
+  evaluated AUs (1, 2, 4, 6, 9, 12, 25, 26) are the label columns.
+- `Videos_LeftCamera/LeftVideoSN001_comp.avi` (config `left`, the default) or
+  `Videos_RightCamera/RightVideoSN001_Comp.avi` (config `right`; the folder may also
+  be spelled `Video_RightCamera`). Names are matched ignoring case, and the file
+  extension is not checked. Label frame k is the k-th decoded frame of the video.
+
+Frames and labels are matched by frame number: a label row beyond the video's last
+decodable frame gets the previous image with `valid = 0`, and is reported; a frame
+that some AU file lacks is `valid = 0` for that AU. An AU file that is missing,
+empty or malformed is reported and its column is `valid = 0` for that subject.
+Subject folders not named `SNnnn`, subjects outside the DATA.md parts, and videos
+that cannot be read are reported and skipped.
+
+Splits: `part1..3` (the subject parts of DATA.md), `part1_aug..3_aug` (minority-AU
+clips of SPEC §3: AUs 1, 2, 9), raw: flips and crops are the input pipeline's job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_builders import clips, layouts
+from data_builders.frames import FrameSource
+from data_builders.report import BuildReport
+from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem
+
+AUS = (1, 2, 4, 6, 9, 12, 25, 26)
+MINORITY_AUS = (1, 2, 9)
+ACTIVE_INTENSITY = 2
+PARTS = {
+    "part1": "SN002 SN010 SN001 SN026 SN027 SN032 SN030 SN009 SN016".split(),
+    "part2": "SN013 SN018 SN011 SN028 SN012 SN006 SN031 SN021 SN024".split(),
+    "part3": "SN003 SN029 SN023 SN025 SN008 SN005 SN007 SN017 SN004".split(),
+}
+PART_OF = {s: p for p, subjects in PARTS.items() for s in subjects}
+_CAMERA_DIRS = {"left": r"videos?_leftcamera", "right": r"videos?_rightcamera"}
+
+
+@dataclasses.dataclass(eq=False, kw_only=True)
+class DisfaConfig(VideoBuildConfig):
+    """`camera`: 'left' (default, as in the literature) or 'right'."""
+
+    camera: str = "left"
+
+    def base_name(self) -> str:
+        if self.camera not in _CAMERA_DIRS:
+            raise ValueError(f"camera must be 'left' or 'right', got {self.camera!r}")
+        return self.camera
+
+
+def read_intensities(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, intensities) int64 `[L]` of one `SNxxx_auN.txt`; ValueError says what is wrong."""
+    numbers, values = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for k, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            fields = [x for x in re.split(r"[,\s]+", text) if x]
+            try:
+                if len(fields) != 2:
+                    raise ValueError
+                frame, value = int(float(fields[0])), int(float(fields[1]))
+            except ValueError:
+                raise ValueError(f"line {k} {text[:40]!r} is not 'frame,intensity'") from None
+            if frame < 1 or not 0 <= value <= 5:
+                raise ValueError(f"line {k} {text[:40]!r}: frame must be >= 1 and intensity 0-5")
+            numbers.append(frame)
+            values.append(value)
+    if not numbers:
+        raise ValueError("empty label file")
+    return np.asarray(numbers, np.int64), np.asarray(values, np.int64)
+
+
+def subject_labels(folder: str, subject: str, report: BuildReport):
+    """(numbers `[F]`, labels, valid `[F, 8]` uint8) of one subject; None if no AU file is usable."""
+    per_au = {}
+    for au in AUS:
+        path = layouts.find_child(folder, rf"{subject}_au{au}\.txt", want_dir=False)
+        if path is None:
+            report.problem(os.path.join(folder, f"{subject}_au{au}.txt"), "missing: AU column valid = 0")
+            continue
+        try:
+            per_au[au] = read_intensities(path)
+        except (ValueError, OSError) as e:
+            report.problem(path, f"{e}: AU column valid = 0")
+    if not per_au:
+        return None
+    numbers = np.unique(np.concatenate([f for f, _ in per_au.values()]))
+    labels = np.zeros((len(numbers), len(AUS)), np.uint8)
+    valid = np.zeros_like(labels)
+    for c, au in enumerate(AUS):
+        if au in per_au:
+            f, v = per_au[au]
+            rows = np.searchsorted(numbers, f)
+            labels[rows, c] = v >= ACTIVE_INTENSITY
+            valid[rows, c] = 1
+    return numbers, labels, valid
+
+
+def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[VideoItem]:
+    """The DISFA videos under `manual_dir` (or its one sub-folder holding `ActionUnit_Labels`)."""
+    from auvmae_jax import video_io
+    from auvmae_jax.errors import UserError
+
+    root = layouts.dataset_root(manual_dir, "actionunit_labels")
+    if root is None:
+        report.problem(manual_dir, "no ActionUnit_Labels folder here or in a sub-folder")
+        return []
+    label_root = layouts.find_child(root, "actionunit_labels", want_dir=True)
+    video_dir = layouts.find_child(root, _CAMERA_DIRS[camera], want_dir=True)
+    if video_dir is None:
+        report.problem(root, f"no {camera}-camera video folder (Videos_{camera.title()}Camera)")
+        return []
+    items = []
+    for name in layouts.children(label_root):
+        folder = os.path.join(label_root, name)
+        if not os.path.isdir(folder):
+            continue
+        subject = name.upper()
+        if not re.fullmatch(r"SN\d{3}", subject):
+            report.problem(folder, "not a subject folder (expected SNnnn): skipped")
+            continue
+        if subject not in PART_OF:
+            report.problem(folder, f"{subject} is in none of the DATA.md parts: skipped")
+            continue
+        video = layouts.find_child(video_dir, rf"{camera}video{subject}_comp\.\w+", want_dir=False)
+        if video is None:
+            report.problem(os.path.join(video_dir, f"{camera.title()}Video{subject}_comp.avi"),
+                           "no video for this subject: skipped")
+            continue
+        found = subject_labels(folder, subject, report)
+        if found is None:
+            report.problem(folder, "no usable AU label file: skipped")
+            continue
+        numbers, labels, valid = found
+        try:
+            info = video_io.probe(video)
+        except UserError as e:
+            report.problem(video, f"skipped: {' '.join(str(e).split())}")
+            report.count("videos_skipped")
+            continue
+        if info.num_frames > numbers[-1]:
+            report.problem(video, f"video has {info.num_frames} frames (header), labels end at "
+                           f"frame {numbers[-1]}: the frames after it are not used")
+            report.count("frames_without_labels", int(info.num_frames - numbers[-1]))
+        items.append(VideoItem(subject=subject, video=subject, source=FrameSource(video, None, 1),
+                               split=PART_OF[subject], numbers=numbers, labels=labels, valid=valid))
+    return items
+
+
+class Disfa(VideoClipBuilder):
+    """DISFA clips (see module docstring); build with `auvmae build-data --dataset=disfa`."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [DisfaConfig(), DisfaConfig(camera="right")]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = """\
+    DISFA is licensed by its owners (http://mohammadmahoor.com/disfa/). Place in the
+    manual dir (or in one folder inside it) the folders as they ship:
+      ActionUnit_Labels/SN001/SN001_au1.txt ... (one folder per subject, one file per AU)
+      Videos_LeftCamera/LeftVideoSN001_comp.avi ...
+      Videos_RightCamera/RightVideoSN001_Comp.avi ...   (only for the `right` config)
+    """
+    aus = AUS
+    minority_aus = MINORITY_AUS
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=clips.au_clip_features(cfg.clip_length, len(AUS)),
+            metadata=tfds.core.MetadataDict(aus=list(AUS), minority_aus=list(MINORITY_AUS),
+                                            active_intensity=ACTIVE_INTENSITY, config=cfg.as_dict()),
+            homepage="http://mohammadmahoor.com/disfa/",
+        )
+
+    def _list_videos(self, manual_dir: str, report: BuildReport) -> list[VideoItem]:
+        return list_videos(manual_dir, self.builder_config.camera, report)

@@ -1,0 +1,185 @@
+"""Reading a video's frames (file, image folder or zip) and turning them into face crops.
+
+`FrameSource` says where the frames of one video are and which dataset frame
+number each has. `face_crops` reads the frames a builder needs, finds the face
+track (the detector of `auvmae_jax.faces`, smoothed over time; where no face is
+found the nearest frame's box is used and the frame counted), crops a square
+around it, resizes to `image_size` and JPEG-encodes it, once, at build time.
+Without detection the frames are taken as face crops already: the centre square
+is resized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import zipfile
+from collections.abc import Collection, Iterator
+
+import numpy as np
+from PIL import Image
+
+from data_builders import clips
+from data_builders.report import BuildReport
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+class SkipVideo(Exception):
+    """This video cannot be built; the message is the reason, in one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSource:
+    """Where the frames of one video are.
+
+    `images is None`: `path` is a video file whose k-th decoded frame (0-based) has
+    number `first_number + k`. Otherwise `images` lists `(frame number, name)` of
+    image files in the folder `path`, or members of the zip `path`.
+    """
+
+    path: str
+    images: tuple[tuple[int, str], ...] | None = None
+    first_number: int = 1
+
+    def iter_frames(self, numbers: Collection[int] | None = None,
+                    report: BuildReport | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(number, uint8 `[H, W, 3]`) in frame order, only `numbers` if given.
+
+        An unreadable video raises `SkipVideo`; an unreadable image is reported and
+        left out (the caller sees it as a missing frame).
+        """
+        if self.images is None:
+            yield from self._video_frames(numbers)
+            return
+        wanted = None if numbers is None else set(numbers)
+        archive = zipfile.ZipFile(self.path) if self.path.lower().endswith(".zip") else None
+        try:
+            for number, name in self.images:
+                if wanted is not None and number not in wanted:
+                    continue
+                where = f"{self.path}:{name}" if archive else os.path.join(self.path, name)
+                try:
+                    data = archive.read(name) if archive else open(where, "rb").read()
+                    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                except (OSError, ValueError, zipfile.BadZipFile) as e:
+                    if report is not None:
+                        report.problem(where, f"unreadable image ({_one_line(e)}); frame treated as missing")
+                    continue
+                yield number, rgb
+        finally:
+            if archive is not None:
+                archive.close()
+
+    def _video_frames(self, numbers):
+        from auvmae_jax import video_io
+        from auvmae_jax.errors import UserError
+
+        last = max(numbers) if numbers else None
+        wanted = None if numbers is None else set(numbers)
+        try:
+            for frame in video_io.iter_frames(self.path):
+                number = self.first_number + frame.index
+                if last is not None and number > last:
+                    return
+                if wanted is None or number in wanted:
+                    yield number, frame.rgb
+        except UserError as e:
+            raise SkipVideo(_one_line(e)) from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def numbered_images(names: Collection[str], where: str, report: BuildReport) -> tuple[tuple[int, str], ...]:
+    """`(number, name)` of image files named by their frame number (`34.jpg`, `0034.jpg`), sorted.
+
+    Other names are reported and left out; two files with one number keep the first name.
+    """
+    found: dict[int, str] = {}
+    odd = []
+    for name in sorted(names):
+        stem, suffix = os.path.splitext(os.path.basename(name))
+        if suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not stem.isdigit():
+            odd.append(name)
+            continue
+        found.setdefault(int(stem), name)
+    if odd:
+        report.problem(where, f"{len(odd)} image(s) not named by a frame number, skipped (e.g. {odd[0]})")
+    return tuple(sorted(found.items()))
+
+
+# ---------------------------------------------------------------------------- faces
+
+_DETECTORS: dict[str, object] = {}
+
+
+def _detector(kind: str):
+    """One detector per process and kind (loading a cascade is not free)."""
+    if kind not in _DETECTORS:
+        from auvmae_jax import faces
+
+        _DETECTORS[kind] = faces.FaceDetector(kind=kind)
+    return _DETECTORS[kind]
+
+
+def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The centre square of a frame, resized to `size` x `size` (bilinear)."""
+    h, w = rgb.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    image = Image.fromarray(np.ascontiguousarray(rgb[y:y + s, x:x + s]))
+    return np.asarray(image.resize((size, size), Image.BILINEAR))
+
+
+def fill_nearest(boxes: list) -> list:
+    """Every `None` replaced by the nearest box (the earlier one on a tie); all `None` stays."""
+    known = [i for i, b in enumerate(boxes) if b is not None]
+    if not known:
+        return list(boxes)
+    out = list(boxes)
+    for i, b in enumerate(boxes):
+        if b is None:
+            j = min(known, key=lambda k: (abs(k - i), k))
+            out[i] = boxes[j]
+    return out
+
+
+def face_crops(source: FrameSource, numbers: Collection[int] | None, *, image_size: int,
+               detect: bool, jpeg_quality: int, report: BuildReport,
+               detector_kind: str = "opencv", scale: float = 1.25) -> dict[int, bytes]:
+    """Frame number -> JPEG bytes of the `image_size` face crop, for the frames that exist.
+
+    With `detect`, frames are decoded twice (boxes first, so that the track can be
+    smoothed, then the crops) to keep memory bounded on long videos. Counts
+    `frames_without_face` in `report`; raises `SkipVideo` if no frame shows a face
+    or no frame could be read.
+    """
+    if not detect:
+        out = {n: clips.encode_jpeg(centre_square(rgb, image_size), jpeg_quality)
+               for n, rgb in source.iter_frames(numbers, report)}
+        if not out:
+            raise SkipVideo("no frame could be read")
+        return out
+    from auvmae_jax import faces
+
+    detector = _detector(detector_kind)
+    order, raw = [], []
+    for n, rgb in source.iter_frames(numbers, report):
+        order.append(n)
+        raw.append(detector.detect(rgb))
+    if not order:
+        raise SkipVideo("no frame could be read")
+    missing = sum(b is None for b in raw)
+    if missing == len(raw):
+        raise SkipVideo(f"no face found in any of its {len(raw)} frames")
+    report.count("frames_without_face", missing)
+    boxes = dict(zip(order, fill_nearest(faces.smooth_boxes(raw))))
+    out = {}
+    for n, rgb in source.iter_frames(set(order), None):  # problems were reported in the first pass
+        out[n] = clips.encode_jpeg(faces.square_crop(rgb, boxes[n], image_size, scale=scale), jpeg_quality)
+    return out
