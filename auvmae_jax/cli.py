@@ -22,6 +22,15 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard log
 flags.DEFINE_string("split", None, "evaluate: the split to score (default: the workdir's test fold).")
 flags.DEFINE_bool("ablation", False, "crossval: run the four loss rows of Table 3.")
 flags.DEFINE_string("pair", None, "priors: the AU pair of the inter-frame figure, e.g. 6,12.")
+flags.DEFINE_string("dataset", None, "build-data: disfa, disfa/right, bp4d or face_videos/CORPUS.")
+flags.DEFINE_string("manual_dir", None, "build-data: the dataset's folders as its owners ship them.")
+flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "build-data: where the built records go.")
+flags.DEFINE_integer("clip_length", None, "build-data: frames per clip (default: 128; face videos 64).")
+flags.DEFINE_integer("clip_stride", None, "build-data: frames between clip starts (default: clip length).")
+flags.DEFINE_integer("image_size", 224, "build-data: side of the square face crops.")
+flags.DEFINE_bool("detect", True, "build-data: detect and crop faces (--no-detect: frames are face crops).")
+flags.DEFINE_integer("workers", 1, "build-data: local processes preparing videos.")
+flags.DEFINE_string("beam_pipeline_options", "", "build-data: run on Apache Beam, e.g. runner=DirectRunner.")
 
 USAGE = """usage: auvmae COMMAND [--flags]
 
@@ -33,6 +42,9 @@ commands:
   crossval   3-fold cross-validation: --config=configs/finetune.py:... --workdir=DIR [--ablation]
   priors     AU-pair priors and heat maps: --config=configs/finetune.py:... --workdir=DIR [--pair=6,12]
              (a fine-tuning workdir alone: its config, and its model's learned matrices beside)
+  build-data a real dataset into ArrayRecord clips: --dataset=disfa --manual_dir=DIR --data_dir=DIR
+             [--clip_length=128 --clip_stride=N --image_size=224 --no-detect --workers=N
+              --beam_pipeline_options=runner=DirectRunner,...]
 
 `auvmae COMMAND --helpfull` lists the flags."""
 
@@ -90,8 +102,18 @@ def _priors() -> None:
     figures.priors_report(config, workdir, pair)
 
 
+def _build_data() -> None:
+    from auvmae_jax import build_data
+
+    if not FLAGS.dataset or not FLAGS.manual_dir:
+        raise UserError("--dataset and --manual_dir are required, e.g. --dataset=disfa --manual_dir=~/DISFA")
+    build_data.build(FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir, workers=FLAGS.workers,
+                     beam_pipeline_options=FLAGS.beam_pipeline_options, clip_length=FLAGS.clip_length,
+                     clip_stride=FLAGS.clip_stride, image_size=FLAGS.image_size, detect=FLAGS.detect)
+
+
 COMMANDS = {"demo": _demo, "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate,
-            "crossval": _crossval, "priors": _priors}
+            "crossval": _crossval, "priors": _priors, "build-data": _build_data}
 
 
 def _require_config_and_workdir():
@@ -120,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"auvmae: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
     try:
-        _parse_flags(["auvmae " + command, *argv[2:]])
+        _parse_flags(["auvmae " + command, *("--nodetect" if a == "--no-detect" else a for a in argv[2:])])
     except UserError as e:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
