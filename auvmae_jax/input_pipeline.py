@@ -9,6 +9,7 @@ per clip, and batches uint8 frames; normalisation happens on the device.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import io
 import logging
 import os
@@ -51,8 +52,14 @@ def load_builder(data_cfg: Any):
     except Exception as e:  # tfds raises several types for unknown names/configs
         raise UserError(f"dataset {data_cfg.name!r} in {data_dir}: {e}") from e
     if not builder.is_prepared():
+        # A name without a config: the one config built with other options (`auvmae build-data`).
+        built = sorted(glob.glob(os.path.join(data_dir, data_cfg.name, "*", "*", "dataset_info.json")))
+        if "/" not in data_cfg.name and len(built) == 1:
+            return tfds.builder_from_directory(os.path.dirname(built[0]))
+        found = f"; built here: {', '.join(os.path.dirname(b) for b in built)} (set data.name to one)" \
+            if built else ""
         raise UserError(
-            f"dataset {data_cfg.name!r} is not prepared in {data_dir}: run `auvmae build-data` first"
+            f"dataset {data_cfg.name!r} is not prepared in {data_dir}: run `auvmae build-data` first{found}"
         )
     return builder
 
