@@ -248,7 +248,7 @@ class Decoder(nn.Module):
         x = jnp.concatenate([x_vis, x_msk], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = _stack(cfg, x, cfg.dec_width, cfg.dec_heads, cfg.dec_depth, 0.0, deterministic, "block")
-        x = _norm(cfg, "norm")(x[:, -masked_ids.shape[1]:])
+        x = _norm(cfg, "norm")(x[:, x.shape[1] - masked_ids.shape[1]:])  # the masked tokens
         out = cfg.tubelet_size * cfg.patch_size**2 * 3
         return nn.Dense(out, dtype=cfg.dtype, kernel_init=_dense_init(("dec_embed", "patch")),
                         bias_init=_zeros(("patch",)), name="head")(x)

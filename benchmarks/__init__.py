@@ -1,0 +1,1 @@
+"""Benchmarks: step time, throughput, FLOPs, MFU, memory; input pipeline; vs PyTorch VideoMAE."""

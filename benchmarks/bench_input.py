@@ -1,0 +1,103 @@
+"""Input pipeline benchmark: clips/s of the grain pipeline by worker count.
+
+    python -m benchmarks.bench_input --workers=0,2,4,8 --model_results=bench_out/steps.jsonl
+
+Builds a small synthetic face dataset (JPEG frames in ArrayRecord, the record schema
+of every builder) once under `--data_dir`, then times the training pipeline
+(decode the sampled frames, random resized crop, flip, batch) for each worker count,
+and prints it beside the clips/s the model consumes (from `bench_steps` results, if
+given). Skips with a message where grain or TFDS is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default="0,2,4,8")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--image_size", type=int, default=224, help="stored and sampled frame size")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "auvmae_bench_tfds"))
+    p.add_argument("--model_results", default="", help="bench_steps JSON lines to compare with")
+    p.add_argument("--quick", action="store_true", help="CPU smoke size: 32px frames, 4 frames, batch 4")
+    p.add_argument("--out", default="")
+    return p.parse_args(argv)
+
+
+def model_rates(path: str, frames: int) -> list[str]:
+    """'task preset: N clips/s' lines of the model's consumption at `frames` frames."""
+    if not path or not os.path.exists(path):
+        return []
+    lines = []
+    with open(path) as f:
+        for row in map(json.loads, f):
+            if row.get("frames") == frames and row.get("task") in ("pretrain", "finetune") \
+                    and row.get("mask_ratio") in (0.9, 0.0):
+                if row["task"] == "pretrain" and row["mask_ratio"] != 0.9:
+                    continue
+                lines.append(f"model consumes: {row['task']} {row['preset']} ({row['device_kind']}): "
+                             f"{row['clips_per_s']:.1f} clips/s")
+    return lines
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.quick:
+        args.image_size, args.frames, args.batch, args.batches = 32, 4, 4, 3
+    try:
+        import grain  # noqa: F401
+        import tensorflow_datasets  # noqa: F401
+    except ImportError as e:
+        print(f"SKIPPED: the input pipeline benchmark needs grain and tensorflow_datasets ({e})")
+        return 0
+    import data_builders
+    from auvmae_jax import input_pipeline
+
+    clip = max(args.frames, 16)
+    synthetic = dict(image_size=args.image_size, clip_length=clip, num_subjects=4, videos_per_subject=1,
+                     frames_per_video=2 * clip, seed=0)
+    start = time.perf_counter()
+    builder = data_builders.build_synthetic(args.data_dir, **synthetic)
+    print(f"dataset: {builder.data_dir} ({time.perf_counter() - start:.1f} s to build or open)", flush=True)
+    source = input_pipeline.data_source(builder, "part1+part2+part3")
+    sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
+                                         image_size=args.image_size, train=True)
+    results = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        ds = input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
+                                         worker_count=workers)
+        it = iter(ds)
+        next(it)  # start-up (worker processes) excluded
+        start = time.perf_counter()
+        for _ in range(args.batches):
+            batch = next(it)
+        seconds = time.perf_counter() - start
+        rate = args.batches * args.batch / seconds
+        r = {"workers": workers, "clips_per_s": round(rate, 2), "frames": args.frames,
+             "image_size": args.image_size, "batch": args.batch, "cpus": os.cpu_count(),
+             "shape": list(batch["frames"].shape)}
+        results.append(r)
+        print(f"input pipeline: {workers} workers: {rate:.1f} clips/s "
+              f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
+        print("RESULT " + json.dumps(r), flush=True)
+        del it
+    for line in model_rates(args.model_results, args.frames):
+        print(line)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

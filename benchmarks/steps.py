@@ -1,0 +1,267 @@
+"""Jitted train and inference steps of the real model, timed on synthetic device batches.
+
+Imports only the model, losses, masking, sharding and the trainer (no grain, TFDS or
+ml_collections), so it runs wherever jax, flax, optax and orbax are installed.
+Timing: the step is compiled ahead (compile time reported apart), run `warmup`
+times, then `steps` times back to back with the train state donated, and the
+clock stops at `block_until_ready` on the outputs; the figure is the mean step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import types
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from auvmae_jax import knowledge, losses, masking, sharding, trainer
+from auvmae_jax.models import AUDetector, Encoder, VideoMAE, ViTConfig
+
+# Dense bf16 peak of one device, FLOP/s, by a substring of `device.device_kind`.
+PEAK_BF16 = (
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H200", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L4", 121e12),
+    ("TPU v6", 918e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 197e12),  # v5e ("TPU v5 lite")
+    ("TPU v4", 275e12),
+)
+NUM_CLASSES = 12  # BP4D's AUs: the fine-tuning head's width
+
+
+def device_peak(device: Any | None = None) -> tuple[float | None, str]:
+    """(peak bf16 FLOP/s or None, the device kind it was looked up by)."""
+    device = device or jax.devices()[0]
+    kind = device.device_kind
+    for name, peak in PEAK_BF16:
+        if name.lower() in kind.lower():
+            return peak, kind
+    return None, kind
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """One benchmarked step. `task`: 'pretrain', 'finetune' (video level) or 'infer'."""
+
+    task: str
+    preset: str
+    frames: int
+    batch: int
+    image_size: int = 224
+    mask_ratio: float = 0.9
+    dtype: str = "bfloat16"
+    remat: bool = False
+    attention_impl: str | None = None
+
+    def model_config(self) -> ViTConfig:
+        return ViTConfig.from_config(dict(preset=self.preset, dtype=self.dtype, remat=self.remat,
+                                          attention_impl=self.attention_impl))
+
+
+def optimizer_config() -> types.SimpleNamespace:
+    """The pre-training optimizer fields `trainer.make_optimizer` reads (configs/common.py)."""
+    return types.SimpleNamespace(base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
+                                 warmup_epochs=0.0, warmup_steps=10, warmup_init_lr=0.0,
+                                 min_lr=1e-6, grad_clip=0.0)
+
+
+def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float):
+    """`pretrain.pretrain_loss` (which imports the grain pipeline), restated with its parts.
+
+    At mask ratio 0 nothing is predicted; the loss is then 0 and only the cost counts.
+    """
+    cfg = model.cfg
+    x01, x = losses.normalize_frames(batch["frames"], cfg.dtype)
+    tt, hp, wp = cfg.grid(*x.shape[1:4])
+    visible, masked = masking.tube_mask(rng, x.shape[0], hp * wp, mask_ratio)
+    pred = model.apply({"params": params}, x, visible, masked)
+    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, True)
+    target = masking.gather_tokens(target, masking.tube_token_ids(masked, tt, hp * wp))
+    if masked.shape[1] == 0:
+        return jnp.sum(pred.astype(jnp.float32)), {}
+    return losses.reconstruction_loss(pred, target), {}
+
+
+def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, priors: dict):
+    """Eq. 9 at video level: weighted BCE + 0.01 intra + 0.01 inter knowledge terms."""
+    _, x = losses.normalize_frames(batch["frames"], model.cfg.dtype)
+    logits = model.apply({"params": params}, x)
+    probs = jax.nn.sigmoid(logits)
+    cls = losses.weighted_bce(logits, batch["labels"], batch["valid"], priors["weights"])
+    intra = knowledge.intra_loss(priors["intra"], knowledge.learned_intra(probs, batch["valid"]))
+    inter = knowledge.inter_loss(priors["inter"], knowledge.learned_inter(probs, batch["valid"]))
+    return cls + 0.01 * intra + 0.01 * inter, {}
+
+
+def _priors(rng: np.random.Generator, labels: np.ndarray) -> dict:
+    flat = labels.reshape(-1, NUM_CLASSES)
+    return {"weights": jnp.asarray(knowledge.class_weights(flat)),
+            "intra": jnp.asarray(knowledge.intra_prior(flat)),
+            "inter": jnp.asarray(knowledge.inter_prior(labels))}
+
+
+def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
+    s = setup.image_size
+    batch = {"frames": rng.integers(0, 256, (setup.batch, setup.frames, s, s, 3), dtype=np.uint8)}
+    if setup.task == "finetune":
+        batch["labels"] = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
+        batch["valid"] = np.ones_like(batch["labels"])
+    return batch
+
+
+def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
+    """(jitted function, its arguments, facts) for `setup`, inside mesh and rules."""
+    cfg = setup.model_config()
+    rng = np.random.default_rng(0)
+    host = _host_batch(setup, rng)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    batch = sharding.host_batch_to_global(host, batch_sharding)
+    s, t = setup.image_size, setup.frames
+    video = jnp.zeros((1, t, s, s, 3), jnp.float32)
+    if setup.task == "pretrain":
+        model = VideoMAE(cfg)
+        _, hp, wp = cfg.grid(t, s)
+        n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
+        init_inputs = (video, jnp.zeros((1, hp * wp - n_mask), jnp.int32), jnp.zeros((1, n_mask), jnp.int32))
+        loss_fn = functools.partial(pretrain_loss, model=model, mask_ratio=setup.mask_ratio)
+    else:
+        model = AUDetector(cfg, NUM_CLASSES)
+        init_inputs = (video,)
+        loss_fn = functools.partial(finetune_loss, model=model, priors=_priors(rng, host.get(
+            "labels", np.zeros((1, t, NUM_CLASSES), np.uint8))))
+    opt = optimizer_config()
+    tx = trainer.make_optimizer(opt, trainer.learning_rate_schedule(opt, setup.batch, 1000, 100))
+    task = trainer.Task(model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=None,
+                        steps_per_epoch=100)
+    state, shardings = trainer.init_state(task, tx, mesh, rules, seed=0)
+    if setup.task == "infer":  # per-frame AU logits of full clips, as the evaluator runs them
+        def infer(params, batch):
+            return model.apply({"params": params}, losses.normalize_frames(batch["frames"], cfg.dtype)[1])
+
+        fn = jax.jit(infer, in_shardings=(shardings.params, batch_sharding))
+        return fn, (state.params, batch), {"donated": False}
+    fn = jax.jit(functools.partial(trainer.train_step, loss_fn=loss_fn, tx=tx, base_key=jax.random.key(1),
+                                   accum_steps=1, batch_spec=None),
+                 in_shardings=(shardings, batch_sharding),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return fn, (state, batch), {"donated": True}
+
+
+def encoder_inference(cfg: ViTConfig, params, frames: jax.Array):
+    """Encoder tokens of full clips (no mask): the inference step compared with PyTorch."""
+    return Encoder(cfg).apply({"params": params}, losses.normalize_frames(frames, cfg.dtype)[1])
+
+
+def time_steps(compiled, args: tuple, donated: bool, steps: int, warmup: int) -> tuple[float, tuple]:
+    """(mean seconds per call of `compiled`, the arguments after the last call).
+
+    A donated first argument (the train state) is threaded from call to call.
+    """
+    def call(args):
+        out = compiled(*args)
+        return (out[0], *args[1:]) if donated else args, out
+
+    for _ in range(warmup):
+        args, out = call(args)
+    jax.block_until_ready(out)
+    start = time.perf_counter()
+    for _ in range(steps):
+        args, out = call(args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps, args
+
+
+def _blocks_flops(batch: int, tokens: int, width: int, depth: int, mlp_ratio: float) -> float:
+    """Forward matmul FLOPs of `depth` ViT blocks over `tokens` tokens per clip."""
+    dense = 2 * tokens * width * width * (3 + 1 + 2 * mlp_ratio)
+    attention = 2 * 2 * tokens * tokens * width
+    return batch * depth * (dense + attention)
+
+
+def model_flops(setup: Setup) -> float:
+    """Matmul FLOPs of one step counted from the architecture (backward = 2 x forward).
+
+    The MFU convention: rematerialised recomputation is not counted.
+    """
+    cfg = setup.model_config()
+    tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
+    b, tokens, patch = setup.batch, tt * hp * wp, cfg.tubelet_size * cfg.patch_size**2 * 3
+    fwd = 2 * b * tokens * patch * cfg.width  # tubelet embedding of every token
+    if setup.task == "pretrain":
+        n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
+        visible, masked = tt * (hp * wp - n_mask), tt * n_mask
+        fwd += _blocks_flops(b, visible, cfg.width, cfg.depth, cfg.mlp_ratio)
+        fwd += 2 * b * visible * cfg.width * cfg.dec_width
+        fwd += _blocks_flops(b, tokens, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
+        fwd += 2 * b * masked * cfg.dec_width * patch
+    else:
+        fwd += _blocks_flops(b, tokens, cfg.width, cfg.depth, cfg.mlp_ratio)
+        fwd += 2 * b * tt * cfg.width * NUM_CLASSES * cfg.tubelet_size
+    return fwd if setup.task == "infer" else 3 * fwd
+
+
+def _cost(compiled) -> dict:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+        cost = cost[0] if cost else {}
+    return cost or {}
+
+
+def _memory(compiled) -> float | None:
+    """Bytes the compiled step needs on a device: arguments + outputs + temporaries - aliased."""
+    try:
+        m = compiled.memory_analysis()
+        return float(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                     - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
+
+
+def peak_bytes_in_use() -> float | None:
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return float(stats["peak_bytes_in_use"]) if "peak_bytes_in_use" in stats else None
+
+
+def measure(setup: Setup, steps: int = 10, warmup: int = 2, mesh=None) -> dict:
+    """Everything the benchmark prints for one setup, as a flat dict."""
+    mesh = mesh or sharding.make_mesh({"data": -1})
+    rules = sharding.DEFAULT_RULES
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        fn, args, facts = build(setup, mesh, rules)
+        start = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s = time.perf_counter() - start
+        seconds, _ = time_steps(compiled, args, facts["donated"], steps, warmup)
+    cfg = setup.model_config()
+    tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
+    n_dev = mesh.size
+    peak, kind = device_peak()
+    flops = model_flops(setup)
+    xla_flops = _cost(compiled).get("flops")
+    result = dict(dataclasses.asdict(setup), attention=_attention_name(setup),
+                  devices=n_dev, device_kind=kind, compile_s=round(compile_s, 2),
+                  step_ms=round(seconds * 1e3, 3), clips_per_s=round(setup.batch / seconds, 2),
+                  tokens_per_s=round(setup.batch * tt * hp * wp / seconds, 1),
+                  model_tflops_per_step=round(flops / 1e12, 4),
+                  xla_tflops_per_step=None if xla_flops is None else round(xla_flops / 1e12, 4),
+                  peak_tflops_per_device=None if peak is None else peak / 1e12,
+                  mfu=None if peak is None else round(flops / seconds / (peak * n_dev), 4),
+                  compiled_bytes=_memory(compiled), peak_bytes_in_use=peak_bytes_in_use())
+    return result
+
+
+def _attention_name(setup: Setup) -> str:
+    from auvmae_jax.models import attention_implementation
+
+    cfg = setup.model_config()
+    return attention_implementation(cfg.attention_impl, cfg.dtype, cfg.width // cfg.heads)
