@@ -1,0 +1,137 @@
+"""The BP4D builder on a small replica of its shipped layout (face detection on)."""
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from data_builders import clips
+from data_builders.bp4d import AUS, MINORITY_AUS, Bp4d, Bp4dConfig
+from data_builders.report import BuildReport
+from tests import dataset_replicas as R
+
+CONFIG = dict(image_size=32, clip_length=8)
+SEGMENTS = (range(34, 54), range(60, 65))  # coded frame numbers of F001_T1: two runs
+NO_IMAGE = 40  # a coded frame of F001_T1 without its JPEG
+
+
+def value(frame: int, au: int) -> int:
+    """0, 1 or 9 (not coded) by frame and AU."""
+    return (0, 1, 1, 0, 9)[(frame * 3 + au) % 5]
+
+
+def write_csv(path, numbers, columns=AUS, extra=(27, 43)):
+    """Columns in a shuffled order, with AUs the builder does not use."""
+    cols = list(reversed(columns)) + list(extra)
+    with open(path, "w") as f:
+        f.write(",".join(["0", *map(str, cols)]) + "\n")
+        for n in numbers:
+            f.write(",".join([str(n), *(str(value(n, au)) for au in cols)]) + "\n")
+
+
+def write_bp4d(root):
+    occ = os.path.join(root, "AUCoding", "AU_OCC")
+    seqs = os.path.join(root, "Sequences(2D+3D)")
+    os.makedirs(occ)
+    numbers = [n for seg in SEGMENTS for n in seg]
+    write_csv(os.path.join(occ, "F001_T1.csv"), numbers)
+    frames = R.face_frames(0, 70)
+    have = [n for n in range(30, 70) if n != NO_IMAGE]  # frames 30-33, 54-59, 65-69 are not coded
+    R.write_jpegs(os.path.join(seqs, "F001", "T1"), frames[have], have, pad=4)
+    write_csv(os.path.join(occ, "M011_T2.csv"), range(1, 11), columns=AUS[:-1])  # no AU 24 column
+    R.write_jpegs(os.path.join(seqs, "M011", "T2"), R.face_frames(1, 10), range(1, 11), pad=0)
+    write_csv(os.path.join(occ, "F007_T1.csv"), range(5, 13))
+    with zipfile.ZipFile(os.path.join(seqs, "F007.zip"), "w") as z:
+        for n, rgb in zip(range(5, 13), R.face_frames(2, 8)):
+            z.writestr(f"F007/T1/{n}.jpg", clips.encode_jpeg(rgb))
+    open(os.path.join(occ, "M011_T3.csv"), "w").close()  # empty label file
+    write_csv(os.path.join(occ, "F001_T1 copy.csv"), [1])  # odd name
+    write_csv(os.path.join(occ, "F003_T1.csv"), [1, 2])  # no frames
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("bp4d"))
+    write_bp4d(root)
+    builder = Bp4d(config=Bp4dConfig(**CONFIG), data_dir=str(tmp_path_factory.mktemp("tfds")),
+                   file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=root, try_download_gcs=False))
+    return builder
+
+
+def _examples(builder, split, video=None):
+    src = builder.as_data_source(split)
+    out = sorted((src[i] for i in range(len(src))), key=lambda e: (e["video"], e["start_frame"]))
+    return [e for e in out if video is None or e["video"] == video.encode()]
+
+
+def test_splits_and_clip_boundaries(built):
+    counts = {k: v.num_examples for k, v in built.info.splits.items()}
+    # F001_T1: run 34-53 -> starts 34, 42, 50; run 60-64 -> 60. M011_T2: 1, 9. F007_T1: 5.
+    assert (counts["part1"], counts["part2"], counts["part3"]) == (4, 2, 1)
+    assert [int(e["start_frame"]) for e in _examples(built, "part1")] == [34, 42, 50, 60]
+    assert {e["subject"] for e in _examples(built, "part3")} == {b"F007"}
+    assert {e["video"] for e in _examples(built, "part2")} == {b"M011_T2"}
+
+
+def test_labels_by_header_name_and_9_is_unknown(built):
+    clip = _examples(built, "part1")[0]
+    numbers = range(34, 42)
+    values = np.array([[value(n, au) for au in AUS] for n in numbers])
+    assert (values == 9).any()
+    np.testing.assert_array_equal(clip["labels"], (values == 1).astype(np.uint8))
+    expected_valid = (values != 9).astype(np.uint8)
+    expected_valid[NO_IMAGE - 34] = 0  # coded, but no image
+    np.testing.assert_array_equal(clip["valid"], expected_valid)
+    assert clip["frames"][NO_IMAGE - 34] == clip["frames"][NO_IMAGE - 35]
+
+
+def test_segment_ends_are_padded(built):
+    last_of_run, second_run = _examples(built, "part1")[2:]
+    assert last_of_run["valid"][:4].any() and not last_of_run["valid"][4:].any()  # 50-53, padding
+    assert not second_run["valid"][5:].any() and not second_run["labels"][5:].any()  # 60-64, padding
+
+
+def test_missing_au_column_is_unknown(built):
+    clip = _examples(built, "part2")[0]
+    assert not clip["valid"][:, AUS.index(24)].any()
+    assert clip["valid"][:, AUS.index(1)].any()
+
+
+def test_augmentation_split(built):
+    aug = _examples(built, "part1_aug")
+    labels = np.array([[value(n, au) == 1 for au in AUS] for n in SEGMENTS[0]], np.uint8)
+    valid = np.array([[value(n, au) != 9 for au in AUS] for n in SEGMENTS[0]], np.uint8)
+    valid[NO_IMAGE - 34] = 0
+    spans = clips.minority_spans(labels, valid, [AUS.index(a) for a in MINORITY_AUS])
+    expected = [34 + lo + s for lo, hi in spans for s in clips.clip_starts(hi - lo, 8)]
+    assert spans and [int(e["start_frame"]) for e in aug if e["start_frame"] < 60][:len(expected)] == expected
+
+
+def test_report(built):
+    problems = {os.path.basename(p.path): p.reason for p in built.report.problems}
+    assert "empty label file" in problems["M011_T3.csv"]
+    assert "not named SUBJECT_TASK.csv" in problems["F001_T1 copy.csv"]
+    assert "no frames found for F003/T1" in problems["F003_T1.csv"]
+    assert "no column for AU 24" in problems["M011_T2.csv"]
+    assert "1 labelled frame(s) without image (40)" in problems["T1"]
+    assert built.report.counts["frames_missing"] == 1
+    assert built.report.counts["frames_without_labels"] == 4 + 6 + 5  # 30-33, 54-59, 65-69
+    assert built.report.counts["videos_built"] == 3
+
+
+def test_odd_values_are_unknown_and_reported(tmp_path):
+    from data_builders.bp4d import bp4d
+
+    path = tmp_path / "F001_T1.csv"
+    path.write_text("0,1,2,4\n10,1,5,9\n11,0,1,1\n")
+    report = BuildReport()
+    numbers, labels, valid = bp4d.read_occurrence_csv(str(path), report)
+    assert numbers.tolist() == [10, 11]
+    assert labels[:, :3].tolist() == [[1, 0, 0], [0, 1, 1]]
+    assert valid[:, :3].tolist() == [[1, 0, 0], [1, 1, 1]]
+    assert not valid[:, 3:].any()  # columns the file does not have
+    assert any("other than 0, 1, 9" in p.reason for p in report.problems)
