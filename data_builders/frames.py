@@ -86,11 +86,18 @@ class FrameSource:
                 if wanted is None or number in wanted:
                     yield number, frame.rgb
         except UserError as e:
-            raise SkipVideo(_one_line(e)) from None
+            raise SkipVideo(error_reason(e, self.path)) from None
 
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def error_reason(e: BaseException, path: str) -> str:
+    """The error's message in one line, without the 'video PATH: ' that the report prints anyway."""
+    text = _one_line(e)
+    prefix = f"video {path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def numbered_images(names: Collection[str], where: str, report: BuildReport) -> tuple[tuple[int, str], ...]:

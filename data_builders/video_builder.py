@@ -273,7 +273,9 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         manual_dir = os.fspath(dl_manager.manual_dir)
         items = self._list_videos(manual_dir, self.report)
         if not items:
-            raise UserError(f"{manual_dir}: no video to build\n{self.report.summary()}")
+            log.warning("%s", self.report.summary())
+            raise UserError(f"{manual_dir}: no video could be built ({len(self.report.problems)} "
+                            "problem(s), listed above)")
         params = self._params()
         if params.detect:
             frames._detector("opencv")  # no OpenCV: one clear error now, not one per video
@@ -289,7 +291,9 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         built = [(it, p) for it, p in zip(items, prepared) if p.available]
         self.report.count("videos_built", len(built))
         if not built:
-            raise UserError(f"{manual_dir}: no video could be built\n{self.report.summary()}")
+            log.warning("%s", self.report.summary())
+            raise UserError(f"{manual_dir}: no video could be built ({len(self.report.problems)} "
+                            "problem(s), listed above)")
         splits = {}
         for s in names:
             part = [(i, it) for i, (it, p) in enumerate(zip(items, prepared))

@@ -131,7 +131,7 @@ def test_augmentation_clips_follow_minority_spans(built):
 def test_report_names_files_and_counts(built):
     text = built.report.summary()
     problems = {os.path.basename(p.path.rstrip("/")): p.reason for p in built.report.problems}
-    assert problems["LeftVideoSN002_comp.avi"].startswith("skipped: video ")
+    assert problems["LeftVideoSN002_comp.avi"] == "skipped: has no video stream"
     assert "not a subject folder" in problems["SN01x_backup"]
     assert "empty label file" in problems["SN013_au9.txt"]
     assert "1 labelled frame(s) without image (20)" in problems["LeftVideoSN010_Comp.avi"]

@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from data_builders import clips, layouts
-from data_builders.frames import FrameSource
+from data_builders.frames import FrameSource, error_reason
 from data_builders.report import BuildReport
 from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem
 
@@ -148,7 +148,7 @@ def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[Video
         try:
             info = video_io.probe(video)
         except UserError as e:
-            report.problem(video, f"skipped: {' '.join(str(e).split())}")
+            report.problem(video, f"skipped: {error_reason(e, video)}")
             report.count("videos_skipped")
             continue
         if info.num_frames > numbers[-1]:
