@@ -30,7 +30,8 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "ruff", "torch==2.13.0", "transformers"],
+        "test": ["pytest", "ruff", "torch==2.13.0", "transformers",
+                 "apache-beam>=2.60"],  # the face-video builder's DirectRunner test (~2 min to install)
         "beam": ["apache-beam>=2.60"],
     },
     entry_points={"console_scripts": ["auvmae=auvmae_jax.cli:entry_point"]},
