@@ -45,6 +45,10 @@ def load_builder(data_cfg: Any):
         return data_builders.build_synthetic(data_dir, **dict(data_cfg.synthetic))
     if os.path.isdir(data_cfg.name):
         return tfds.builder_from_directory(data_cfg.name)
+    if "/" in data_cfg.name and glob.glob(os.path.join(data_dir, data_cfg.name, "*", "dataset_info.json")):
+        from auvmae_jax import data_mixture  # 'builder/config' built with options: not registered
+
+        return data_mixture.built_builder(data_cfg.name, data_dir)
     import data_builders  # noqa: F401  (registers the project's builders)
 
     try:

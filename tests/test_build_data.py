@@ -75,3 +75,13 @@ def test_make_builder_options():
         build_data.make_builder("bp4d", "/tmp/unused", clip_length=8, clip_stride=9)
     with pytest.raises(UserError, match="no such folder"):
         build_data.build("bp4d", "/nonexistent/manual", "/tmp/unused")
+
+
+def test_load_builder_by_config_name(disfa_manual, tmp_path):
+    build_data.build("disfa", disfa_manual, str(tmp_path), clip_length=8, image_size=32, detect=False)
+    config = ml_collections.ConfigDict({"name": "disfa/left_s32_t8_nodetect", "data_dir": str(tmp_path)})
+    builder = input_pipeline.load_builder(config)
+    assert builder.info.splits["part1"].num_examples == 6
+    config.name = "disfa/left_s64"
+    with pytest.raises(UserError, match="disfa/left_s64"):
+        input_pipeline.load_builder(config)
