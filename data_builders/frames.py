@@ -11,6 +11,7 @@ is resized.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import io
 import os
@@ -151,8 +152,9 @@ def fill_nearest(boxes: list) -> list:
     out = list(boxes)
     for i, b in enumerate(boxes):
         if b is None:
-            j = min(known, key=lambda k: (abs(k - i), k))
-            out[i] = boxes[j]
+            r = bisect.bisect_left(known, i)
+            candidates = known[max(r - 1, 0):r + 1]
+            out[i] = boxes[min(candidates, key=lambda k: (abs(k - i), k))]
     return out
 
 

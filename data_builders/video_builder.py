@@ -280,12 +280,15 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         if params.detect:
             frames._detector("opencv")  # no OpenCV: one clear error now, not one per video
         names = sorted({it.split for it in items})
-        if self._use_beam:
-            splits = {s: self._generate_examples([it for it in items if it.split == s], params, False)
-                      for s in names}
-            if params.minority_columns:
-                splits.update({f"{s}_aug": self._generate_examples(
-                    [it for it in items if it.split == s], params, True) for s in names})
+        if self._use_beam:  # splits from the labels alone: a split whose videos all fail fails the build
+            splits = {}
+            for s in names:
+                part = [it for it in items if it.split == s]
+                splits[s] = self._generate_examples(part, params, False)
+                aug = [it for it in part if params.minority_columns
+                       and has_minority_clips(it, it.numbers.tolist(), params)]
+                if aug:
+                    splits[f"{s}_aug"] = self._generate_examples(aug, params, True)
             return splits
         prepared = self._prepare_all(items, params)
         built = [(it, p) for it, p in zip(items, prepared) if p.available]

@@ -10,6 +10,7 @@ import pytest
 from auvmae_jax import build_data, input_pipeline
 from auvmae_jax.errors import UserError
 from tests import dataset_replicas as R
+from tests.test_disfa import _write_labels as write_labels
 from tests.test_disfa import write_disfa
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,3 +86,24 @@ def test_load_builder_by_config_name(disfa_manual, tmp_path):
     config.name = "disfa/left_s64"
     with pytest.raises(UserError, match="disfa/left_s64"):
         input_pipeline.load_builder(config)
+
+
+def test_tfds_build_finds_each_builder_folder(disfa_manual, tmp_path):
+    """What `tfds build data_builders/disfa --manual_dir=...` does (its CLI needs TensorFlow)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.scripts.cli import build as tfds_build
+
+    for name in ("disfa", "bp4d", "face_videos"):
+        cls, kwargs = tfds_build._get_builder_cls_and_kwargs(os.path.join(ROOT, "data_builders", name),
+                                                             has_imports=False)
+        assert cls.name == name and kwargs == {}
+    cls, _ = tfds_build._get_builder_cls_and_kwargs(os.path.join(ROOT, "data_builders", "disfa"),
+                                                    has_imports=False)
+    manual = tmp_path / "right"
+    R.write_video(str(manual / "Video_RightCamera" / "RightVideoSN003_Comp.avi"), R.face_frames(3, 6))
+    write_labels(str(manual), "SN003", 0, 6)
+    builder = cls(config="right", data_dir=str(tmp_path / "out"), file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
+    assert builder.builder_config.camera == "right" and builder.info.splits["part3"].num_examples == 1
+    clip = builder.as_data_source("part3")[0]
+    assert clip["valid"][:6].all() and not clip["valid"][6:].any() and len(clip["frames"]) == 128
