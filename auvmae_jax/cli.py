@@ -28,9 +28,22 @@ flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "build-data: where the 
 flags.DEFINE_integer("clip_length", None, "build-data: frames per clip (default: 128; face videos 64).")
 flags.DEFINE_integer("clip_stride", None, "build-data: frames between clip starts (default: clip length).")
 flags.DEFINE_integer("image_size", 224, "build-data: side of the square face crops.")
-flags.DEFINE_bool("detect", True, "build-data: detect and crop faces (--no-detect: frames are face crops).")
+flags.DEFINE_bool("detect", True, "build-data, features, predict: detect, crop faces (--no-detect: crops).")
 flags.DEFINE_integer("workers", 1, "build-data: local processes preparing videos.")
 flags.DEFINE_string("beam_pipeline_options", "", "build-data: run on Apache Beam, e.g. runner=DirectRunner.")
+flags.DEFINE_string("checkpoint", None, "features, predict: a training workdir or a converted dir.")
+flags.DEFINE_string("video", None, "features, predict: a video file (features: or .npy frames [T,H,W,3]).")
+flags.DEFINE_string("output", None, "convert: the new checkpoint dir; features: FEATS.npy; predict: the CSV.")
+flags.DEFINE_string("plot", None, "predict: a PNG of the AU probabilities over time.")
+flags.DEFINE_enum("pool", "frame", ["frame", "clip"], "features: one vector per frame or per clip.")
+flags.DEFINE_string("detector", "opencv", "features, predict: face detector, opencv or mtcnn.")
+flags.DEFINE_integer("batch_size", 4, "features, predict: clips per model call.")
+flags.DEFINE_integer("hop", None, "features, predict: frames between clip starts (default: half a clip).")
+flags.DEFINE_string("source", None, "convert: a PyTorch VideoMAE checkpoint file or a transformers dir.")
+flags.DEFINE_bool("trust-pickle", False, "convert: unpickle a .pth/.bin fully (runs code in the file).")
+flags.DEFINE_integer("heads", None, "convert: encoder heads, where the source does not say.")
+flags.DEFINE_integer("dec_heads", None, "convert: decoder heads, where the source does not say.")
+flags.DEFINE_integer("num_frames", None, "convert: frames per clip of the source, where it does not say.")
 
 USAGE = """usage: auvmae COMMAND [--flags]
 
@@ -45,6 +58,12 @@ commands:
   build-data a real dataset into ArrayRecord clips: --dataset=disfa --manual_dir=DIR --data_dir=DIR
              [--clip_length=128 --clip_stride=N --image_size=224 --no-detect --workers=N
               --beam_pipeline_options=runner=DirectRunner,...]
+  convert    PyTorch VideoMAE weights to a checkpoint dir: --source=FILE_OR_HF_DIR --output=DIR
+             [--trust-pickle --heads=N --num_frames=N --image_size=N]
+  features   encoder features of a video: --checkpoint=DIR --video=FILE|FRAMES.npy --output=FEATS.npy
+             [--pool=clip --no-detect --detector=mtcnn]
+  predict    AUs in every frame of a video: --checkpoint=DIR --video=FILE [--output=aus.csv --plot=aus.png
+             --no-detect --detector=mtcnn --batch_size=4 --hop=N]
 
 `auvmae COMMAND --helpfull` lists the flags."""
 
@@ -112,8 +131,46 @@ def _build_data() -> None:
                      clip_stride=FLAGS.clip_stride, image_size=FLAGS.image_size, detect=FLAGS.detect)
 
 
+def _convert() -> None:
+    from auvmae_jax import convert
+
+    if not FLAGS.source or not FLAGS.output:
+        raise UserError("convert needs --source=FILE_OR_DIR and --output=DIR")
+    overrides = dict(heads=FLAGS.heads, dec_heads=FLAGS.dec_heads, num_frames=FLAGS.num_frames,
+                     image_size=FLAGS.image_size if FLAGS["image_size"].present else None)
+    config = convert.convert(FLAGS.source, FLAGS.output, FLAGS["trust-pickle"].value, overrides)
+    print(convert.describe(config))
+    print(f"wrote {FLAGS.output}: use --config.init_from={FLAGS.output} or --checkpoint={FLAGS.output}")
+
+
+def _features() -> None:
+    from auvmae_jax import features
+
+    if not (FLAGS.checkpoint and FLAGS.video and FLAGS.output):
+        raise UserError("features needs --checkpoint=DIR --video=FILE --output=FEATS.npy")
+    ckpt = features.load_checkpoint(FLAGS.checkpoint)
+    features.extract_features(ckpt, FLAGS.video, FLAGS.output, pool=FLAGS.pool, detect=FLAGS.detect,
+                              detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop)
+
+
+def _predict() -> None:
+    import os
+
+    from auvmae_jax import features, predict
+
+    if not (FLAGS.checkpoint and FLAGS.video):
+        raise UserError("predict needs --checkpoint=DIR (a fine-tuned workdir) and --video=FILE")
+    ckpt = features.load_checkpoint(FLAGS.checkpoint)
+    output = FLAGS.output or os.path.splitext(FLAGS.video)[0] + "_aus.csv"
+    summary = predict.predict_video(ckpt, FLAGS.video, output, plot=FLAGS.plot, detect=FLAGS.detect,
+                                    detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop)
+    print(f"{summary['frames']} frames, {summary['faces']} with a face -> {output}"
+          + (f", {FLAGS.plot}" if FLAGS.plot else ""))
+
+
 COMMANDS = {"demo": _demo, "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate,
-            "crossval": _crossval, "priors": _priors, "build-data": _build_data}
+            "crossval": _crossval, "priors": _priors, "build-data": _build_data,
+            "convert": _convert, "features": _features, "predict": _predict}
 
 
 def _require_config_and_workdir():

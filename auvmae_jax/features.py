@@ -1,0 +1,316 @@
+"""Checkpoints for inference, face crops of a video, sliding clips, encoder features.
+
+A checkpoint directory is a fine-tuning or pre-training workdir, or a directory
+written by `auvmae convert`: `config.json` + orbax `checkpoints/`. A video is read
+twice, streaming: first to find and smooth the face boxes (`faces.py`), then to
+crop the faces and cut them into clips, so memory holds one clip batch, never
+the video. `window_starts` places clips so that every frame is in one (the last
+clip ends at the last frame); per-frame outputs of overlapping clips are averaged.
+"""
+
+from __future__ import annotations
+
+import collections
+import csv
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from auvmae_jax import faces, losses, video_io
+from auvmae_jax.errors import UserError
+from auvmae_jax.models import Encoder, ViTConfig
+
+log = logging.getLogger("auvmae")
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What inference needs from a checkpoint directory."""
+
+    path: str
+    task: str  # 'finetune', 'pretrain' or 'converted'
+    config: Any
+    vit: ViTConfig
+    params: dict
+    window: int  # frames covered by one clip
+    temporal_stride: int  # the model sees every `temporal_stride`-th frame of the window
+    image_size: int
+    input_norm: str  # 'imagenet' or 'unit' ([0, 1] pixels, MARLIN)
+    aus: list[int] | None = None  # fine-tuned checkpoints: the AU of each output
+    mask_ratio: float = 0.0  # patch level: tube mask ratio of the encoder's input
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """Read `path` (a workdir or a converted directory) for inference on this host's backend."""
+    from auvmae_jax import finetune
+
+    path = os.path.abspath(os.path.expanduser(path))
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise UserError(f"--checkpoint {path}: no config.json (expected a training workdir or "
+                        "a directory written by `auvmae convert`)")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    task = config.get("task") or "pretrain"
+    vit = ViTConfig.from_config(config.model.to_dict())
+    # Inference: float32 on CPU, no remat or drop path; a GPU keeps the trained compute dtype.
+    on_cpu = jax.default_backend() == "cpu"
+    vit = dataclasses.replace(vit, remat=False, drop_path=0.0, dtype="float32" if on_cpu else vit.dtype,
+                              attention_impl=None if on_cpu else vit.attention_impl)
+    params = finetune.load_checkpoint_params(path)
+    if task == "finetune":
+        level = finetune.level_settings(config)
+        return Checkpoint(path, task, config, vit, params, window=int(config.clip_length),
+                          temporal_stride=level.temporal_stride, image_size=int(config.data.image_size),
+                          input_norm="imagenet", aus=_aus(path, config, params), mask_ratio=level.mask_ratio)
+    data = config.data
+    stride = int(data.get("temporal_stride", 1) or 1)
+    return Checkpoint(path, task, config, vit, params, window=int(data.num_frames) * stride,
+                      temporal_stride=stride, image_size=int(data.image_size),
+                      input_norm=data.get("input_norm", "imagenet"))
+
+
+def _aus(path: str, config, params: dict) -> list[int]:
+    """AU numbers of a fine-tuned model's outputs: its priors.json, else its dataset's metadata."""
+    priors = os.path.join(path, "priors", "priors.json")
+    if os.path.exists(priors):
+        with open(priors) as f:
+            return [int(a) for a in json.load(f)["aus"]]
+    try:
+        from auvmae_jax import finetune, input_pipeline
+
+        return finetune.aus_of(input_pipeline.load_builder(config.data))
+    except Exception as e:
+        n = params["head"]["kernel"].shape[-1]
+        raise UserError(f"{path}: no priors/priors.json and its dataset cannot be read ({e}); "
+                        f"cannot name the model's {n} outputs") from None
+
+
+def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
+    """Clip starts every `hop` frames, plus one ending at the last frame: every frame is covered."""
+    if num_frames <= window:
+        return [0]
+    starts = list(range(0, num_frames - window + 1, max(hop, 1)))
+    if starts[-1] != num_frames - window:
+        starts.append(num_frames - window)
+    return starts
+
+
+# ---------------------------------------------------------------------------- frames of a video
+
+
+@dataclasses.dataclass
+class Track:
+    """Per-frame timestamps and smoothed face boxes (None: no face) of a video."""
+
+    timestamps: list[float]
+    boxes: list[faces.Box | None]
+    detected: int  # frames where the detector itself found a face
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total or None, desc=desc, unit="frame", disable=not enabled, file=sys.stderr,
+                mininterval=1.0, dynamic_ncols=True)
+
+
+def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool = True,
+                max_gap: int | None = 8, window: int = 5) -> Track:
+    """First pass over a video: timestamps, and face boxes unless `detector` is None."""
+    info = video_io.probe(path)
+    times, raw = [], []
+    with _progress(info.num_frames, "finding faces" if detector else "reading", progress) as bar:
+        for frame in video_io.iter_frames(path):
+            times.append(frame.timestamp)
+            if detector is None:
+                h, w = frame.rgb.shape[:2]
+                side = min(h, w)
+                raw.append(faces.Box((w - side) / 2, (h - side) / 2, side, side))
+            else:
+                raw.append(detector.detect(frame.rgb))
+            bar.update(1)
+    detected = sum(b is not None for b in raw)
+    boxes = raw if detector is None else faces.smooth_boxes(raw, max_gap=max_gap, window=window)
+    return Track(times, boxes, detected)
+
+
+def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float = 1.25,
+               progress: bool = True, desc: str = "predicting") -> Iterator[tuple[int, np.ndarray | None]]:
+    """Second pass: `(index, [size, size, 3] face crop or None)` for the frames of the first pass."""
+    with _progress(len(boxes), desc, progress) as bar:
+        for frame in video_io.iter_frames(path):
+            if frame.index >= len(boxes):
+                break
+            box = boxes[frame.index]
+            yield frame.index, None if box is None else faces.square_crop(frame.rgb, box, size, scale)
+            bar.update(1)
+
+
+def array_crops(frames: np.ndarray, size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Frames of an in-memory `[T, H, W, 3]` uint8 array, centre squares resized to `size`."""
+    for i, rgb in enumerate(frames):
+        yield i, faces.resize_square(np.ascontiguousarray(rgb), size)
+
+
+def load_frames_npy(path: str) -> np.ndarray:
+    """A `.npy` array of frames `[T, H, W, 3]` uint8 (memory-mapped)."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: not a readable .npy array ({e})") from None
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
+        raise UserError(f"{path}: expected uint8 frames [T, H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    return arr
+
+
+def iter_clips(crops: Iterator[tuple[int, np.ndarray | None]], num_frames: int, window: int,
+               hop: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """`(start, clip [window, S, S, 3], has_face [window])` for `window_starts(num_frames, ...)`.
+
+    Frames without a crop repeat the last crop (black before the first); a video
+    shorter than the window is padded with its last frame (not counted as a face).
+    """
+    starts = collections.deque(window_starts(num_frames, window, hop))
+    buf: collections.deque = collections.deque(maxlen=window)
+    have: collections.deque = collections.deque(maxlen=window)
+    last = None
+    for index, crop in crops:
+        if crop is None:
+            crop = last if last is not None else None
+            have.append(False)
+        else:
+            last = crop
+            have.append(True)
+        buf.append(crop)
+        while starts and index == starts[0] + window - 1:
+            yield starts.popleft(), _stack(buf), np.array(have)
+    if starts and buf:  # video shorter than the window
+        pad = window - len(buf)
+        clip = _stack(list(buf) + [buf[-1]] * pad)
+        yield starts.popleft(), clip, np.array(list(have) + [False] * pad)
+
+
+def _stack(crops) -> np.ndarray:
+    ref = next((c for c in crops if c is not None), None)
+    if ref is None:
+        return np.zeros((len(crops), 1, 1, 3), np.uint8)  # no face in the clip: never run
+    return np.stack([np.zeros_like(ref) if c is None else c for c in crops])
+
+
+def run_batched(fn: Callable[[np.ndarray], np.ndarray], clips: Iterator[tuple[int, np.ndarray, np.ndarray]],
+                batch_size: int, clip_shape: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """`(start, output, has_face)` per clip with a face, computed `batch_size` clips at a time.
+
+    The last batch is padded to `batch_size`, so `fn` compiles once.
+    """
+    pending: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def flush():
+        batch = np.zeros((batch_size, *clip_shape), np.uint8)
+        for i, (_, clip, _) in enumerate(pending):
+            batch[i] = clip
+        out = np.asarray(fn(batch))
+        for i, (start, _, has) in enumerate(pending):
+            yield start, out[i], has
+        pending.clear()
+
+    for start, clip, has in clips:
+        if not has.any():
+            continue
+        pending.append((start, clip, has))
+        if len(pending) == batch_size:
+            yield from flush()
+    if pending:
+        yield from flush()
+
+
+def model_inputs(ckpt: Checkpoint, frames: jax.Array) -> jax.Array:
+    """uint8 `[B, window, S, S, 3]` -> normalised `[B, window / stride, S, S, 3]` model input."""
+    frames = frames[:, :: ckpt.temporal_stride]
+    if ckpt.input_norm == "unit":
+        return (frames.astype(jnp.float32) / 255.0).astype(ckpt.vit.dtype)
+    return losses.normalize_frames(frames, ckpt.vit.dtype)[1]
+
+
+# ---------------------------------------------------------------------------- features
+
+
+def feature_fn(ckpt: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
+    """Jitted: uint8 clips `[B, window, S, S, 3]` -> per-temporal-token features `[B, Tt, D]`."""
+    encoder = Encoder(ckpt.vit)
+    params = ckpt.params["encoder"]
+
+    @jax.jit
+    def fn(frames):
+        x = model_inputs(ckpt, frames)
+        tokens = encoder.apply({"params": params}, x)
+        tt = x.shape[1] // ckpt.vit.tubelet_size
+        return tokens.reshape(tokens.shape[0], tt, -1, tokens.shape[-1]).mean(axis=2).astype(jnp.float32)
+
+    return fn
+
+
+def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "frame", detect: bool = True,
+                     detector: str = "opencv", batch_size: int = 8, hop: int | None = None,
+                     progress: bool = True) -> np.ndarray:
+    """Encoder features of a video (or `.npy` frames) -> `output` `.npy`; returns the array.
+
+    `pool='frame'`: `[T, D]`, each frame the mean over the clips covering it of its
+    temporal token's spatial mean. `pool='clip'`: `[num_clips, D]`, the mean of each
+    clip's tokens, with `output`'s `_clips.csv` giving each clip's frames.
+    """
+    if pool not in ("frame", "clip"):
+        raise UserError(f"--pool={pool}: expected 'frame' or 'clip'")
+    w, s = ckpt.window, ckpt.image_size
+    hop = hop or max(w // 2, 1)
+    if source.endswith(".npy"):
+        arr = load_frames_npy(source)
+        n, times, crops = len(arr), None, array_crops(arr, s)
+    else:
+        track = track_faces(source, faces.FaceDetector(detector) if detect else None, progress,
+                            max_gap=None)
+        n, times = len(track.boxes), track.timestamps
+        scale = 1.25 if detect else 1.0
+        if detect and track.detected == 0:
+            log.warning("%s: no face found in any frame; features are of the whole frame", source)
+            track, scale = track_faces(source, None, progress=False), 1.0
+        crops = iter_crops(source, track.boxes, s, scale, progress=progress, desc="features")
+    fn = feature_fn(ckpt)
+    r = ckpt.vit.tubelet_size * ckpt.temporal_stride  # frames per temporal token
+    total = np.zeros((n, ckpt.vit.width), np.float64)
+    count = np.zeros(n, np.int64)
+    clips = []
+    for start, feats, _ in run_batched(fn, iter_clips(crops, n, w, hop), batch_size, (w, s, s, 3)):
+        per_frame = np.repeat(feats, r, axis=0)[: min(w, n - start)]
+        total[start:start + len(per_frame)] += per_frame
+        count[start:start + len(per_frame)] += 1
+        clips.append((start, feats.mean(axis=0)))
+    result = (total / np.maximum(count, 1)[:, None]) if pool == "frame" else np.stack([c for _, c in clips])
+    result = result.astype(np.float32)
+    _save(output, result)
+    if pool == "clip":
+        with open(os.path.splitext(output)[0] + "_clips.csv", "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["clip", "start_frame", "end_frame", "start_time"])
+            for k, (start, _) in enumerate(clips):
+                out.writerow([k, start, min(start + w, n) - 1, f"{times[start]:.3f}" if times else ""])
+    log.info("features %s of %d frames -> %s", list(result.shape), n, output)
+    return result
+
+
+def _save(output: str, array: np.ndarray) -> None:
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        np.save(output, array)
+    except OSError as e:
+        raise UserError(f"{output}: cannot be written ({e.strerror or e})") from None

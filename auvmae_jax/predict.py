@@ -1,0 +1,135 @@
+"""AU detection on a video file: one CSV row per frame, and a picture of the probabilities.
+
+CSV columns: `frame` (0-based decode order), `timestamp` (s), `success` (1 where a
+face box exists after gap filling), the face box `face_x, face_y, face_w, face_h`
+(pixels of the frame) and one probability in [0, 1] per AU, named like OpenFace and
+py-feat (`AU01`, `AU12`, ...). Frames without a face have `success=0` and empty AU
+cells. Each frame's probabilities are the mean over the sliding clips that cover it.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+
+import jax
+import numpy as np
+
+from auvmae_jax import faces, features
+from auvmae_jax.errors import UserError
+from auvmae_jax.models import AUDetector
+
+log = logging.getLogger("auvmae")
+
+
+def au_names(aus: list[int]) -> list[str]:
+    """`[1, 12]` -> `['AU01', 'AU12']`."""
+    return [f"AU{int(a):02d}" for a in aus]
+
+
+def probability_fn(ckpt: features.Checkpoint):
+    """Jitted: uint8 clips `[B, window, S, S, 3]` -> AU probabilities `[B, window, N]`."""
+    from auvmae_jax.finetune import visible_positions
+
+    model = AUDetector(ckpt.vit, len(ckpt.aus), ckpt.temporal_stride)
+    params = ckpt.params
+    seed = int(ckpt.config.get("seed", 0))
+
+    @jax.jit
+    def fn(frames):
+        x = features.model_inputs(ckpt, frames)
+        # patch level: the fixed tube mask of the evaluator (evaluation.py)
+        visible = visible_positions(jax.random.key(seed + 3), x.shape[0], model, x.shape, ckpt.mask_ratio)
+        return jax.nn.sigmoid(model.apply({"params": params}, x, visible))
+
+    return fn
+
+
+def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str | None = None,
+                  detect: bool = True, detector: str = "opencv", batch_size: int = 4, hop: int | None = None,
+                  scale: float = 1.25, progress: bool = True) -> dict:
+    """Detect AUs in every frame of `video`, write the CSV (and the plot); returns a summary.
+
+    Summary: `frames`, `faces` (frames with success=1), `detected` (frames where the
+    detector itself found a face), `clips` (clips run), `csv`, `plot`.
+    """
+    if ckpt.aus is None:
+        raise UserError(f"--checkpoint {ckpt.path} is a {ckpt.task} checkpoint: predict needs a fine-tuned "
+                        "AU detector (auvmae finetune)")
+    w, s = ckpt.window, ckpt.image_size
+    hop = hop or max(w // 2, 1)
+    detector_obj = faces.FaceDetector(detector) if detect else None
+    track = features.track_faces(video, detector_obj, progress)
+    n = len(track.boxes)
+    if detect and track.detected == 0:
+        log.warning("%s: no face found in any of its %d frames; the CSV has success=0 everywhere", video, n)
+    total = np.zeros((n, len(ckpt.aus)), np.float64)
+    count = np.zeros(n, np.int64)
+    clips = 0
+    if any(b is not None for b in track.boxes):
+        crops = features.iter_crops(video, track.boxes, s, scale if detect else 1.0, progress)
+        fn = probability_fn(ckpt)
+        for start, probs, has in features.run_batched(fn, features.iter_clips(crops, n, w, hop), batch_size,
+                                                      (w, s, s, 3)):
+            end = min(start + w, n)
+            face = has[: end - start]  # frames of the clip without a face add nothing
+            total[start:end] += probs[: end - start] * face[:, None]
+            count[start:end] += face
+            clips += 1
+    success = np.array([b is not None for b in track.boxes]) & (count > 0)
+    probs = total / np.maximum(count, 1)[:, None]
+    write_csv(output, track, success, probs, ckpt.aus)
+    if plot:
+        plot_probabilities(plot, np.asarray(track.timestamps), np.where(success[:, None], probs, np.nan),
+                           ckpt.aus, title=os.path.basename(video))
+    summary = dict(frames=n, faces=int(success.sum()), detected=track.detected, clips=clips, csv=output,
+                   plot=plot)
+    log.info("%s: %d frames, %d with a face, %d clips -> %s", video, n, summary["faces"], clips, output)
+    return summary
+
+
+def write_csv(path: str, track: features.Track, success: np.ndarray, probs: np.ndarray,
+              aus: list[int]) -> None:
+    """One row per frame; empty face and AU cells where `success` is 0."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["frame", "timestamp", "success", "face_x", "face_y", "face_w", "face_h",
+                          *au_names(aus)])
+            for i, (t, box) in enumerate(zip(track.timestamps, track.boxes)):
+                face = [f"{v:.1f}" for v in box] if box is not None else [""] * 4
+                aucells = [f"{p:.4f}" for p in probs[i]] if success[i] else [""] * len(aus)
+                out.writerow([i, f"{t:.3f}", int(success[i]), *face, *aucells])
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None
+
+
+def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: list[int],
+                       title: str = "") -> None:
+    """A heat map AU x time of `probs` `[T, N]` (NaN: no face, grey), with the 0.5 threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = au_names(aus)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 1.5 + 0.3 * len(aus)), sharex=True,
+                                  gridspec_kw={"height_ratios": [len(aus), 3]})
+    t0, t1 = (float(times[0]), float(times[-1])) if len(times) else (0.0, 1.0)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
+    im = ax.imshow(np.ma.masked_invalid(probs.T), aspect="auto", interpolation="nearest", cmap=cmap,
+                   vmin=0, vmax=1, extent=(t0, max(t1, t0 + 1e-3), len(aus) - 0.5, -0.5))
+    ax.set_yticks(range(len(aus)), names)
+    ax.set_title(f"AU probabilities {title}".strip())
+    fig.colorbar(im, ax=[ax, ax2], fraction=0.02, pad=0.01)
+    ax2.plot(times, np.nansum(probs > 0.5, axis=1), color="k", lw=1)
+    ax2.set_ylabel("AUs > 0.5")
+    ax2.set_xlabel("time (s)")
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
