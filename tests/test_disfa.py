@@ -157,3 +157,20 @@ def test_nothing_to_build_is_an_error(tmp_path):
     with pytest.raises(UserError, match="no video"):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
             manual_dir=str(root), try_download_gcs=False))
+
+
+def test_beam_build_matches_the_local_build(built, tmp_path):
+    pytest.importorskip("apache_beam")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    root = str(tmp_path / "manual")
+    write_disfa(root)
+    beam = Disfa(config=DisfaConfig(**CONFIG), data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    beam.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=root, beam_options=PipelineOptions(["--runner=DirectRunner"])))
+    assert set(beam.info.splits) == set(built.info.splits)
+    for split in ("part1", "part1_aug"):
+        for a, b in zip(_examples(built, split), _examples(beam, split), strict=True):
+            assert (a["video"], a["start_frame"]) == (b["video"], b["start_frame"])
+            np.testing.assert_array_equal(a["frames"], b["frames"])
+            np.testing.assert_array_equal(a["valid"], b["valid"])
