@@ -116,14 +116,14 @@ def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: lis
 
     names = au_names(aus)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 1.5 + 0.3 * len(aus)), sharex=True,
-                                  gridspec_kw={"height_ratios": [len(aus), 3]})
+                                  gridspec_kw={"height_ratios": [len(aus), 3]}, layout="constrained")
     t0, t1 = (float(times[0]), float(times[-1])) if len(times) else (0.0, 1.0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
     im = ax.imshow(np.ma.masked_invalid(probs.T), aspect="auto", interpolation="nearest", cmap=cmap,
                    vmin=0, vmax=1, extent=(t0, max(t1, t0 + 1e-3), len(aus) - 0.5, -0.5))
     ax.set_yticks(range(len(aus)), names)
     ax.set_title(f"AU probabilities {title}".strip())
-    fig.colorbar(im, ax=[ax, ax2], fraction=0.02, pad=0.01)
+    fig.colorbar(im, ax=[ax, ax2], fraction=0.02)
     ax2.plot(times, np.nansum(probs > 0.5, axis=1), color="k", lw=1)
     ax2.set_ylabel("AUs > 0.5")
     ax2.set_xlabel("time (s)")
