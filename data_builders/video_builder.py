@@ -259,7 +259,10 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _generate_splits(self, dl_manager, download_config):
         self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
-        self._cache_dir = None if self._use_beam else tempfile.mkdtemp(prefix="auvmae_crops_")
+        self._cache_dir = None
+        if not self._use_beam:  # beside the output: crops need as much disk as the records
+            os.makedirs(self._data_dir_root, exist_ok=True)
+            self._cache_dir = tempfile.mkdtemp(prefix=".auvmae_crops_", dir=self._data_dir_root)
         try:
             return super()._generate_splits(dl_manager, download_config)
         finally:
@@ -291,6 +294,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
                     splits[f"{s}_aug"] = self._generate_examples(aug, params, True)
             return splits
         prepared = self._prepare_all(items, params)
+        self._last_use = set()  # cache files no later split reads: deleted once read
         built = [(it, p) for it, p in zip(items, prepared) if p.available]
         self.report.count("videos_built", len(built))
         if not built:
@@ -301,11 +305,13 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         for s in names:
             part = [(i, it) for i, (it, p) in enumerate(zip(items, prepared))
                     if it.split == s and p.available]
-            if part:
-                splits[s] = self._generate_examples(part, params, False)
             aug = [(i, it) for i, it in part if params.minority_columns
                    and has_minority_clips(it, prepared[i].available, params)]
+            if part:  # TFDS writes the splits one after the other, in this order
+                self._last_use.update(i for i, _ in part)
+                splits[s] = self._generate_examples(part, params, False)
             if aug:
+                self._last_use.difference_update(i for i, _ in aug)
                 splits[f"{s}_aug"] = self._generate_examples(aug, params, True)
         return splits
 
@@ -340,8 +346,11 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
 
     def _cached_examples(self, items, params, aug):
         for i, item in items:
-            with open(os.path.join(self._cache_dir, f"{i:07d}.pkl"), "rb") as f:
+            path = os.path.join(self._cache_dir, f"{i:07d}.pkl")
+            with open(path, "rb") as f:
                 jpegs = pickle.load(f)
+            if aug or i in self._last_use:
+                os.remove(path)
             yield from clip_examples(item, jpegs, params, aug)
 
 
