@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 from typing import Any
@@ -135,8 +136,35 @@ def load_checkpoint_params(path: str) -> dict:
     return jax.tree.map(np.asarray, restored.state["params"])
 
 
-def encoder_initialiser(path: str):
-    """`init_params` that replaces the encoder with the one in `path` (decoder dropped)."""
+def _source_settings(path: str) -> dict:
+    """`model` and `data` of the config.json beside an init checkpoint (workdir or converted dir)."""
+    cfg_path = os.path.join(os.path.abspath(os.path.expanduser(path)), "config.json")
+    if not os.path.exists(cfg_path):
+        return {}
+    with open(cfg_path) as f:
+        cfg = json.load(f)
+    return {"model": cfg.get("model") or {}, "data": cfg.get("data") or {}, "task": cfg.get("task")}
+
+
+def encoder_initialiser(path: str, model_cfg: ViTConfig | None = None, num_frames: int | None = None,
+                        image_size: int | None = None):
+    """`init_params` that replaces the encoder with the one in `path` (decoder dropped).
+
+    `path` is a pre-training workdir or a directory written by `auvmae convert`.
+    Given the fine-tuning model's config and clip shape, it warns where the source
+    used another layer-norm epsilon, or another clip shape: the fixed sin-cos
+    position table is then recomputed for the new token count (as VideoMAE does
+    for fixed tables), so positions mean something else than in pre-training.
+    """
+    source = _source_settings(path)
+
+    def hint() -> str:
+        m = source.get("model", {})
+        if "final_norm" not in m:
+            return ""
+        eps = m.get("layer_norm_eps")
+        return (f" ({path}/config.json has final_norm={m['final_norm']}, layer_norm_eps={eps}: pass "
+                f"--config.model.final_norm={m['final_norm']} --config.model.layer_norm_eps={eps})")
 
     def init(params: dict) -> dict:
         loaded = load_checkpoint_params(path)
@@ -148,18 +176,35 @@ def encoder_initialiser(path: str):
             enc.pop(k)
         missing = sorted(set(params["encoder"]) - set(enc))
         if missing:
-            raise UserError(f"init checkpoint {path}: encoder lacks {missing}")
+            raise UserError(f"init checkpoint {path}: encoder lacks {missing}{hint()}")
         want = jax.tree.map(np.shape, params["encoder"])
         got = jax.tree.map(np.shape, enc)
         if want != got:
             bad = [k for k in want if want[k] != got.get(k)]
             raise UserError(f"init checkpoint {path}: encoder shapes differ from the config in {bad[:3]} "
-                            "(check model.preset, patch_size, tubelet_size)")
+                            "(check model.preset, patch_size, tubelet_size, heads)")
+        _warn_differences(path, source, model_cfg, num_frames, image_size)
         log.info("encoder initialised from %s%s", path,
                  f"; dropped {dropped} and the decoder" if dropped else "; decoder dropped")
         return {**params, "encoder": enc}
 
     return init
+
+
+def _warn_differences(path: str, source: dict, model_cfg: ViTConfig | None, num_frames: int | None,
+                      image_size: int | None) -> None:
+    m, d = source.get("model", {}), source.get("data", {})
+    if model_cfg is not None and m.get("layer_norm_eps") not in (None, model_cfg.layer_norm_eps):
+        log.warning("init checkpoint %s used layer_norm_eps=%s, the fine-tuning model uses %s "
+                    "(--config.model.layer_norm_eps)", path, m["layer_norm_eps"], model_cfg.layer_norm_eps)
+    src_t, src_s = d.get("num_frames"), d.get("image_size")
+    if (num_frames and src_t and num_frames != src_t) or (image_size and src_s and image_size != src_s):
+        log.warning("init checkpoint %s was trained on %s frames of %s px, fine-tuning uses %s frames of "
+                    "%s px: the fixed sin-cos position table is recomputed for the new token count",
+                    path, src_t, src_s, num_frames, image_size)
+    if d.get("input_norm") == "unit":
+        log.warning("init checkpoint %s expects [0, 1] pixels (MARLIN); fine-tuning feeds "
+                    "ImageNet-normalised frames", path)
 
 
 def layer_decay_multipliers(decay: float, depth: int):

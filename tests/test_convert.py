@@ -201,3 +201,31 @@ def test_unreadable_sources_are_one_line_errors(tmp_path):
     torch.save({"model": {"fc.weight": torch.zeros(2, 2)}}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="no VideoMAE patch embedding"):
         convert.convert(str(tmp_path / "other.pth"), str(tmp_path / "o"))
+
+
+def test_fine_tuning_initialises_from_a_converted_dir(hf_pretraining, tmp_path, caplog):
+    import logging
+
+    import flax.linen as nn
+    import jax
+
+    from auvmae_jax.models import AUDetector
+
+    _, path = hf_pretraining
+    convert.convert(path, str(tmp_path / "out"))
+    converted = finetune.load_checkpoint_params(str(tmp_path / "out"))
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))  # width 32, depth 2, heads 2, eps 1e-6
+    params = AUDetector(cfg, 3).init(jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3)))["params"]
+    init = finetune.encoder_initialiser(str(tmp_path / "out"), cfg, num_frames=8, image_size=32)
+    with caplog.at_level(logging.WARNING, logger="auvmae"):
+        new = init(jax.tree.map(np.asarray, nn.unbox(params)))
+    jax.tree.map(np.testing.assert_array_equal, new["encoder"], converted["encoder"])
+    assert set(new) == {"encoder", "fc_norm", "head"}  # the head stays the fine-tuning model's
+    assert "layer_norm_eps=1e-12" in caplog.text and "4 frames of 32 px" in caplog.text
+    # an encoder without a final norm (transformers' mean pooling) into a model that has one
+    model = transformers.VideoMAEModel(_hf_config())
+    model.save_pretrained(tmp_path / "pooled")
+    convert.convert(str(tmp_path / "pooled"), str(tmp_path / "pooled_out"))
+    with pytest.raises(UserError, match=r"lacks \['norm'\].*--config.model.final_norm=False"):
+        finetune.encoder_initialiser(str(tmp_path / "pooled_out"))(
+            jax.tree.map(np.asarray, nn.unbox(params)))
