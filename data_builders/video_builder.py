@@ -118,7 +118,7 @@ class ClipParams:
 
 def final_valid(item: VideoItem, available: Sequence[int]) -> np.ndarray:
     """`item.valid` with the rows of frames that have no image set to 0."""
-    has = np.isin(item.numbers, np.asarray(list(available), dtype=np.int64))
+    has = np.isin(item.numbers, np.fromiter(available, np.int64))
     return item.valid * has[:, None].astype(item.valid.dtype)
 
 
@@ -188,9 +188,10 @@ def clip_examples(item: VideoItem, jpegs: dict[int, bytes], params: ClipParams,
 
 @dataclasses.dataclass
 class Prepared:
-    """A prepared video: the numbers of its frames with a crop, or why it was skipped."""
+    """A prepared video: the numbers of its frames with a crop (labelled videos only: kept
+    small for corpora of 0.5M unlabelled videos), or why it was skipped."""
 
-    available: list[int] | None
+    available: np.ndarray | None
     report: BuildReport
     skipped: str | None = None
 
@@ -209,7 +210,8 @@ def prepare(item: VideoItem, params: ClipParams, cache_path: str | None = None) 
     if cache_path:
         with open(cache_path, "wb") as f:
             pickle.dump(jpegs, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return Prepared(sorted(jpegs), report), jpegs
+    available = None if item.numbers is None else np.asarray(sorted(jpegs), np.int64)
+    return Prepared(available, report), jpegs
 
 
 def _prepare_to_cache(args) -> Prepared:
@@ -295,7 +297,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
             return splits
         prepared = self._prepare_all(items, params)
         self._last_use = set()  # cache files no later split reads: deleted once read
-        built = [(it, p) for it, p in zip(items, prepared) if p.available]
+        built = [(it, p) for it, p in zip(items, prepared) if p.skipped is None]
         self.report.count("videos_built", len(built))
         if not built:
             log.warning("%s", self.report.summary())
@@ -304,7 +306,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         splits = {}
         for s in names:
             part = [(i, it) for i, (it, p) in enumerate(zip(items, prepared))
-                    if it.split == s and p.available]
+                    if it.split == s and p.skipped is None]
             aug = [(i, it) for i, it in part if params.minority_columns
                    and has_minority_clips(it, prepared[i].available, params)]
             if part:  # TFDS writes the splits one after the other, in this order
@@ -329,7 +331,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
                 self.report.problem(it.source.path, f"skipped: {p.skipped}")
                 self.report.count("videos_skipped")
             elif it.numbers is not None:
-                missing = np.setdiff1d(it.numbers, np.asarray(p.available, np.int64))
+                missing = np.setdiff1d(it.numbers, p.available)
                 if len(missing):
                     self.report.problem(it.source.path, f"{len(missing)} labelled frame(s) without image "
                                         f"({_ranges(missing)}): previous image used, valid = 0")
