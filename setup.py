@@ -28,6 +28,7 @@ setup(
         "matplotlib",
         "opencv-python-headless>=4.8,<5",  # face detection; OpenCV 5 ships no Haar cascades
         "safetensors",
+        "tqdm",
     ],
     extras_require={
         "test": ["pytest", "ruff", "torch==2.13.0", "transformers",
