@@ -90,3 +90,7 @@ def test_bad_inputs(converted, tmp_path):
         features.extract_features(ckpt, str(tmp_path / "gray.npy"), str(tmp_path / "o.npy"), pool="mean")
     with pytest.raises(UserError, match="no config.json"):
         features.load_checkpoint(str(tmp_path))
+    from auvmae_jax import predict
+
+    with pytest.raises(UserError, match="converted checkpoint: predict needs a fine-tuned AU detector"):
+        predict.predict_video(ckpt, "any.mp4", str(tmp_path / "o.csv"))
