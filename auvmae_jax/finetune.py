@@ -259,7 +259,8 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
         model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
         steps_per_epoch=max(len(train_source) // config.batch_size, 1),
         evaluate=evaluator.periodic,
-        init_params=encoder_initialiser(config.init_from) if config.init_from else None,
+        init_params=(encoder_initialiser(config.init_from, model.cfg, level.num_frames, s)
+                     if config.init_from else None),
         lr_multipliers=layer_decay_multipliers(config.optimizer.layer_decay, model.cfg.depth)
         if config.optimizer.layer_decay < 1 else None)
 
