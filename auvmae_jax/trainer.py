@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from auvmae_jax import metric_writers, sharding
+from auvmae_jax import distributed, metric_writers, sharding
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -139,13 +140,17 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn, tx, base_key:
 
 
 def prepare_workdir(workdir: str, config: Any) -> str:
-    """Create `workdir`, check it is writable and record the config in it."""
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    """Create `workdir`, check it is writable and record the config in it (process 0).
+
+    A URL (`gs://bucket/run`) is kept as it is: orbax and `etils.epath` write there.
+    """
+    if "://" not in workdir:
+        workdir = os.path.abspath(os.path.expanduser(workdir))
     try:
-        os.makedirs(workdir, exist_ok=True)
+        path = epath.Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(config.to_json_best_effort(indent=2))
+            (path / "config.json").write_text(config.to_json_best_effort(indent=2))
     except OSError as e:
         raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
     return workdir
@@ -160,18 +165,34 @@ def checkpoint_manager(workdir: str, config: Any) -> ocp.CheckpointManager:
 
 
 class _Preemption:
-    """SIGTERM -> save a checkpoint at the next step and stop cleanly."""
+    """SIGTERM -> save a checkpoint at the next step and stop cleanly.
 
-    def __init__(self):
+    One process: a Python SIGTERM handler sets `requested`. Several processes: JAX's
+    preemption service (started by `jax.distributed`) catches SIGTERM on any of them
+    and all agree on the step to stop at (`CheckpointManager.reached_preemption`), so
+    no handler is installed over it.
+    """
+
+    def __init__(self, manager: ocp.CheckpointManager):
         self.requested = False
+        self._manager = manager
         self._previous = None
 
     def __enter__(self):
+        if jax.process_count() > 1:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread
             self._previous = None
         return self
+
+    def stop_at(self, step: int) -> bool:
+        """True at the step where every process saves and stops (a host-local check)."""
+        if not self.requested and self._manager.reached_preemption(step):
+            log.warning("preemption: all processes stop at step %d after saving", step)
+            self.requested = True
+        return self.requested
 
     def _handle(self, signum, frame):
         log.warning("SIGTERM: saving a checkpoint and stopping")
@@ -214,14 +235,15 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     the logged metrics (`[{'step': s, ...}]`). `hooks(step, state)` run after every
     step (tests use them to interrupt a run).
     """
+    distributed.initialize()  # several processes: join them before any backend starts
     workdir = prepare_workdir(workdir, config)  # fail early, before any data is read
     task = make_task(workdir)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.logical_axis_rules)
     num_steps = total_steps(config, task.steps_per_epoch)
-    log.info("mesh %s on %d devices (%s); process %d/%d; %d steps of batch %d",
-             dict(mesh.shape), mesh.size, jax.devices()[0].platform, jax.process_index(),
-             jax.process_count(), num_steps, config.batch_size)
+    distributed.log_topology(mesh)
+    log.info("%d steps of global batch %d (%d per process)", num_steps, config.batch_size,
+             config.batch_size // jax.process_count())
     writer = metric_writers.create_writer(os.path.join(workdir, "tensorboard"))
     history: list[dict] = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -255,12 +277,12 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         data_state = None
         prefetch = _device_prefetch(data_iter, batch_sharding, config.prefetch_to_device)
         try:
-            with _Preemption() as preempt:
+            with _Preemption(manager) as preempt:
                 for step in range(first + 1, num_steps + 1):
                     batch, data_state = next(prefetch)
                     state, metrics = step_fn(state, batch)
                     pending.append(metrics)
-                    last = step == num_steps or preempt.requested
+                    last = preempt.stop_at(step) or step == num_steps
                     save = last or step % config.checkpoint_every == 0
                     if save or step % config.log_every == 0:
                         summary = _summarise(pending, step, manager, workdir)
@@ -314,9 +336,12 @@ def _device_prefetch(data_iter, batch_sharding, size: int) -> Iterator[tuple[dic
 
     def push():
         host = next(data_iter)
-        queue.append((sharding.host_batch_to_global(host, batch_sharding), data_iter.get_state()))
+        batch = sharding.host_batch_to_global(host, batch_sharding)
+        queue.append((batch, data_iter.get_state()))
+        return host, batch
 
-    for _ in range(max(size, 1)):
+    distributed.log_data_shard(*push())
+    for _ in range(max(size, 1) - 1):
         push()
     while True:
         yield queue.popleft()

@@ -1,0 +1,181 @@
+"""Two processes x 4 CPU devices on loopback train like one process with 8 devices.
+
+Each process is started the way the launchers start them: JAX_COORDINATOR_ADDRESS,
+JAX_NUM_PROCESSES and JAX_PROCESS_ID in the environment, `trainer.run` joins them.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from auvmae_jax import distributed
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# argv: data_dir workdir out_dir steps [replay.npz] [sigterm_step]. Runs the real
+# pre-training task through trainer.run. With replay, the data are the global batches
+# a 2-process run recorded (so a 1-process run sees the same clips in the same order).
+SCRIPT = r"""
+import json, os, signal, sys, time
+import numpy as np
+data_dir, workdir, out_dir, steps = sys.argv[1:5]
+replay = sys.argv[5] if len(sys.argv) > 5 and sys.argv[5] != "-" else None
+sigterm_step = int(sys.argv[6]) if len(sys.argv) > 6 else 0
+import jax
+from jax.experimental import multihost_utils
+from auvmae_jax import pretrain, sharding, trainer
+from tests.conftest import mini_pretrain_config
+
+config = mini_pretrain_config(data_dir)
+config.mesh = {"data": 4, "fsdp": 2}
+config.num_train_steps = int(steps)
+config.checkpoint_every = 100
+recorded = []
+
+class Recording:
+    def __init__(self, ds): self.ds = ds
+    def __iter__(self):
+        self.it = iter(self.ds)
+        return self
+    def __next__(self):
+        recorded.append(next(self.it))
+        return recorded[-1]
+    def get_state(self): return self.it.get_state()
+    def set_state(self, state): self.it.set_state(state)
+
+class Replay:
+    def __init__(self, path):
+        f = np.load(path)
+        self.batches = [{"frames": f[k]} for k in sorted(f.files)]
+        self.i = 0
+    def __iter__(self): return self
+    def __next__(self):
+        self.i += 1
+        return self.batches[self.i - 1]
+    def get_state(self): return {"i": self.i}
+    def set_state(self, state): self.i = state["i"]
+
+def make_task(workdir):
+    task = pretrain.make_task(config, workdir)
+    task.train_data = Replay(replay) if replay else Recording(task.train_data)
+    task.evaluate = None  # reconstruction pictures: not what this test is about
+    return task
+
+def hook(step, state):
+    if step == sigterm_step and jax.process_index() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(3)  # the processes agree on a stop step in the background
+
+state, history = trainer.run(config, workdir, make_task, hooks=(hook,))
+pid = jax.process_index()
+out = {"process": pid, "processes": jax.process_count(), "devices": jax.device_count(),
+       "local_devices": jax.local_device_count(), "steps": [h["step"] for h in history],
+       "losses": [h["loss"] for h in history], "final_step": int(state.step)}
+params = multihost_utils.process_allgather(state.params, tiled=True)
+flat = {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(params)}
+if not replay:
+    mesh = sharding.make_mesh(config.mesh)
+    spec = sharding.batch_sharding(mesh, sharding.rules_from_config(config.logical_axis_rules))
+    glob, steps = {}, [h["step"] for h in history]
+    for step, host in zip(steps, recorded):
+        g = multihost_utils.process_allgather(sharding.host_batch_to_global(host, spec), tiled=True)
+        glob[f"{step:03d}"] = np.asarray(g["frames"])
+    np.savez(os.path.join(out_dir, f"local_{pid}.npz"),
+             **{f"{step:03d}": np.asarray(b["frames"]) for step, b in zip(steps, recorded)})
+    if pid == 0:
+        np.savez(os.path.join(out_dir, "global.npz"), **glob)
+if pid == 0:
+    np.savez(os.path.join(out_dir, "params.npz"), **flat)
+print("RESULT " + json.dumps(out), flush=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], processes: int, devices: int, out_dir) -> list[dict]:
+    os.makedirs(out_dir, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    base.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    port = _free_port()
+    procs = []
+    for i in range(processes):
+        env = dict(base)
+        if processes > 1:
+            env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+                       JAX_PROCESS_ID=str(i))
+        procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT, *args[:2], str(out_dir), *args[2:]],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    results = []
+    start = time.perf_counter()
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=240)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, stderr[-3000:]
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    print(f"{processes} x {devices} devices: {time.perf_counter() - start:.1f} s")
+    return results
+
+
+def test_environment_decides_how_to_join():
+    assert distributed.wanted({}) is None
+    assert distributed.wanted({"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2",
+                               "JAX_PROCESS_ID": "1"}) == "explicit"
+    assert distributed.wanted({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) == "auto"
+    assert distributed.wanted({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
+    assert distributed.wanted({"AUVMAE_DISTRIBUTED": "1"}) == "auto"
+    assert distributed.wanted({"AUVMAE_DISTRIBUTED": "0", "SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}) is None
+    with pytest.raises(ValueError, match="JAX_PROCESS_ID set but JAX_COORDINATOR_ADDRESS missing"):
+        distributed.wanted({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
+
+
+def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir, tmp_path):
+    work, steps = str(tmp_path / "two"), "5"
+    # SIGTERM to process 1 after step 2: both processes agree on a step, save and stop.
+    stopped = _launch([synthetic_data_dir, work, steps, "-", "2"], 2, 4, tmp_path / "out_a")
+    assert [(r["process"], r["processes"], r["devices"], r["local_devices"]) for r in stopped] == \
+        [(0, 2, 8, 4), (1, 2, 8, 4)]
+    stop = stopped[0]["final_step"]
+    assert stopped[1]["final_step"] == stop and 2 <= stop < 5, stopped
+    assert stopped[0]["losses"] == stopped[1]["losses"]
+    assert os.path.isdir(os.path.join(work, "checkpoints", str(stop)))
+    # Relaunched, they continue from that checkpoint to the end.
+    resumed = _launch([synthetic_data_dir, work, steps], 2, 4, tmp_path / "out_b")
+    assert resumed[0]["steps"] == resumed[1]["steps"] == list(range(stop + 1, 6))
+    # Each process read its own records; the global batch is process 0's rows, then process 1's.
+    glob = {}
+    for run in ("out_a", "out_b"):
+        local = [np.load(tmp_path / run / f"local_{i}.npz") for i in (0, 1)]
+        glob.update(np.load(tmp_path / run / "global.npz"))
+        for k in local[0].files:
+            assert local[0][k].shape[0] == local[1][k].shape[0] == 4
+            np.testing.assert_array_equal(glob[k], np.concatenate([local[0][k], local[1][k]]))
+            assert not {c.tobytes() for c in local[0][k]} & {c.tobytes() for c in local[1][k]}
+    assert sorted(glob) == [f"{s:03d}" for s in range(1, 6)]
+    np.savez(tmp_path / "global.npz", **glob)
+
+    # One process with 8 devices, fed the same global batches, computes the same run.
+    one = _launch([synthetic_data_dir, str(tmp_path / "one"), steps, str(tmp_path / "global.npz")],
+                  1, 8, tmp_path / "out_one")
+    assert one[0]["processes"] == 1 and one[0]["devices"] == 8
+    np.testing.assert_allclose(one[0]["losses"], stopped[0]["losses"] + resumed[0]["losses"], rtol=1e-5)
+    p1, p2 = np.load(tmp_path / "out_one" / "params.npz"), np.load(tmp_path / "out_b" / "params.npz")
+    assert p1.files == p2.files and len(p1.files) > 20
+    for k in p1.files:
+        np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
