@@ -282,7 +282,8 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                     batch, data_state = next(prefetch)
                     state, metrics = step_fn(state, batch)
                     pending.append(metrics)
-                    last = preempt.stop_at(step) or step == num_steps
+                    stop = preempt.stop_at(step)  # decided before the step's save
+                    last = stop or step == num_steps
                     save = last or step % config.checkpoint_every == 0
                     if save or step % config.log_every == 0:
                         summary = _summarise(pending, step, manager, workdir)
@@ -291,7 +292,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                         summary.update(progress(step))
                         writer.write_scalars(step, summary)
                         history.append({"step": step, **summary})
-                    if task.evaluate is not None and (last or step % config.eval_every == 0):
+                    if task.evaluate is not None and not stop and (last or step % config.eval_every == 0):
                         task.evaluate(state, step, writer)
                     if save:
                         manager.save(step, args=ocp.args.Composite(
@@ -299,7 +300,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                             data=ocp.args.JsonSave(data_state)))
                     for hook in hooks:
                         hook(step, state)
-                    if preempt.requested:
+                    if stop:
                         break
         finally:
             manager.wait_until_finished()

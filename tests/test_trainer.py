@@ -109,3 +109,23 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path):
     state, history = trainer.run(_config(), str(tmp_path), _task(_records()))
     assert [h["step"] for h in history] == [3, 4, 5, 6]
     assert np.isfinite([h["loss"] for h in history]).all()
+
+
+def test_sigterm_saves_and_the_relaunch_continues(tmp_path):
+    import os
+    import signal
+
+    def preempt(step, state):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    state, history = trainer.run(_config(checkpoint_every=100), str(tmp_path), _task(_records()),
+                                 hooks=(preempt,))
+    # The signal came after step 3's save decision: step 4 runs, is saved, and the run stops.
+    assert int(state.step) == 4 and history[-1]["step"] == 4
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    full_state, full = trainer.run(_config(checkpoint_every=100), str(tmp_path / "ref"), _task(_records()))
+    state, resumed = trainer.run(_config(checkpoint_every=100), str(tmp_path), _task(_records()))
+    assert [h["step"] for h in resumed] == [5, 6]
+    np.testing.assert_allclose([h["loss"] for h in history + resumed], [h["loss"] for h in full], rtol=1e-6)
+    jax.tree.map(np.testing.assert_allclose, state.params, full_state.params)
