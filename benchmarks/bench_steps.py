@@ -38,7 +38,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true",
-                   help="CPU smoke size: 32x32 frames, batch 2, 2 steps (overrides sizes)")
+                   help="CPU smoke size: 64x64 frames, batch 2, 2 steps (overrides sizes)")
     p.add_argument("--out", default="", help="append JSON lines here")
     return p.parse_args(argv)
 
@@ -64,11 +64,11 @@ def line(r: dict) -> str:
         return "-" if x is None else f"{x / 2**30:.2f}"
 
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-    xla = "-" if r["xla_tflops_per_step"] is None else f"{r['xla_tflops_per_step']:.4g}"
+    xla = "-" if r["xla_flops_per_step"] is None else f"{r['xla_flops_per_step'] / 1e12:.4g}"
     mask = f" mask={r['mask_ratio']:.1f}" if r["task"] == "pretrain" else ""
     return (f"{r['task']:<8} {r['preset']:<4} T={r['frames']:<3} B={r['batch']:<3}{mask} "
             f"attn={r['attention']} | step {r['step_ms']:.2f} ms, {r['clips_per_s']:.1f} clips/s, "
-            f"{r['tokens_per_s']:.3g} tokens/s, {r['model_tflops_per_step']:.4g} TFLOP/step "
+            f"{r['tokens_per_s']:.3g} tokens/s, {r['model_flops_per_step'] / 1e12:.4g} TFLOP/step "
             f"(XLA {xla}), MFU {mfu}, mem {gb(r['compiled_bytes'])} GiB "
             f"(peak in use {gb(r['peak_bytes_in_use'])}), compile {r['compile_s']:.1f} s")
 
@@ -76,7 +76,7 @@ def line(r: dict) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.quick:
-        args.image_size, args.batch, args.steps, args.warmup = 32, 2, 2, 1
+        args.image_size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
     peak, kind = bench.device_peak()
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; "
           f"MFU against bf16 peak "

@@ -258,8 +258,7 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, mesh=None) -> dict:
                   devices=n_dev, device_kind=kind, compile_s=round(compile_s, 2),
                   step_ms=round(seconds * 1e3, 3), clips_per_s=round(setup.batch / seconds, 2),
                   tokens_per_s=round(setup.batch * tt * hp * wp / seconds, 1),
-                  model_tflops_per_step=round(flops / 1e12, 4),
-                  xla_tflops_per_step=None if xla_flops is None else round(xla_flops / 1e12, 4),
+                  model_flops_per_step=flops, xla_flops_per_step=xla_flops,
                   peak_tflops_per_device=None if peak is None else peak / 1e12,
                   mfu=None if peak is None else round(flops / seconds / (peak * n_dev), 4),
                   compiled_bytes=_memory(compiled), peak_bytes_in_use=peak_bytes_in_use())

@@ -1,0 +1,80 @@
+"""The benchmark scripts run at a tiny size and print every figure they promise."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module: str, *args: str) -> tuple[str, list[dict]]:
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(x[len("RESULT "):]) for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    return proc.stdout, results
+
+
+def test_step_benchmark_prints_times_flops_and_the_mask_ratio(tmp_path):
+    out = tmp_path / "steps.jsonl"
+    text, results = _run("benchmarks.bench_steps", "--presets=mini", "--frames=4", "--quick",
+                         "--tasks=pretrain,infer", f"--out={out}")
+    assert "device: cpu x1" in text and "MFU against bf16 peak unknown" in text
+    steps = [r for r in results if "task" in r]
+    assert [(r["task"], r["mask_ratio"]) for r in steps] == [("pretrain", 0.9), ("pretrain", 0.0),
+                                                             ("infer", 0.0)]
+    for r in steps:
+        assert r["step_ms"] > 0 and r["clips_per_s"] > 0 and r["compile_s"] > 0
+        assert r["tokens_per_s"] == pytest.approx(r["clips_per_s"] * 2 * 4 * 4, rel=1e-3)  # 2x4x4 tokens
+        assert r["model_flops_per_step"] > 0 and r["xla_flops_per_step"] > 0
+        assert r["compiled_bytes"] > 0 and r["mfu"] is None and r["attention"] == "xla"
+    # mini at mask 0.9: the encoder sees 2 of 16 positions, the pixel head predicts 14 of them
+    # (at this width the head outweighs the encoder; ViT-B is checked below).
+    assert steps[0]["model_flops_per_step"] != steps[1]["model_flops_per_step"]
+    assert steps[0]["xla_flops_per_step"] != steps[1]["xla_flops_per_step"]
+    ratio = [r for r in results if "mask_time_ratio" in r]
+    assert len(ratio) == 1 and ratio[0]["mask_time_ratio"] > 0
+    assert len(out.read_text().splitlines()) == 3
+    assert "mask ratio 0.9 / 0.0 step time: mini T=4" in text
+
+
+def test_model_flops_count_the_architecture():
+    from benchmarks import steps
+
+    # ViT-B, 16 x 224 x 224, 1568 tokens, one clip, inference: 2 * (patch embed + 12 blocks + head).
+    setup = steps.Setup(task="infer", preset="B", frames=16, batch=1)
+    d, n = 768, 1568
+    blocks = 12 * (2 * n * d * d * 12 + 4 * n * n * d)
+    expected = 2 * n * 1536 * d + blocks + 2 * 8 * d * 12 * 2
+    assert steps.model_flops(setup) == pytest.approx(expected)
+    train = steps.Setup(task="finetune", preset="B", frames=16, batch=1)
+    assert steps.model_flops(train) == pytest.approx(3 * expected)
+    # Pre-training at mask 0.9: the encoder sees 8 x 20 tokens.
+    pre = steps.model_flops(steps.Setup(task="pretrain", preset="B", frames=16, batch=1, mask_ratio=0.9))
+    pre0 = steps.model_flops(steps.Setup(task="pretrain", preset="B", frames=16, batch=1, mask_ratio=0.0))
+    assert 0.1 < pre / pre0 < 0.3
+
+
+def test_device_peaks():
+    from benchmarks import steps
+
+    class Dev:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    assert steps.device_peak(Dev("NVIDIA H100 80GB HBM3")) == (989e12, "NVIDIA H100 80GB HBM3")
+    assert steps.device_peak(Dev("NVIDIA H100 PCIe"))[0] == 756e12
+    assert steps.device_peak(Dev("TPU v5 lite"))[0] == 197e12
+    assert steps.device_peak(Dev("cpu"))[0] is None
+
+
+def test_input_benchmark_times_the_pipeline(tmp_path):
+    text, results = _run("benchmarks.bench_input", "--quick", "--workers=0",
+                         f"--data_dir={tmp_path / 'tfds'}")
+    assert len(results) == 1 and results[0]["workers"] == 0 and results[0]["clips_per_s"] > 0
+    assert results[0]["shape"] == [4, 4, 32, 32, 3]
