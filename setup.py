@@ -29,11 +29,14 @@ setup(
         "opencv-python-headless>=4.8,<5",  # face detection; OpenCV 5 ships no Haar cascades
         "safetensors",
         "tqdm",
+        "etils[epath]",  # workdir paths, gs:// included (orbax needs it too)
     ],
     extras_require={
         "test": ["pytest", "ruff", "torch==2.13.0", "transformers",
                  "apache-beam>=2.60"],  # the face-video builder's DirectRunner test (~2 min to install)
         "beam": ["apache-beam>=2.60"],
+        "gcs": ["gcsfs", "google-cloud-storage"],  # gs:// data, workdirs and TensorBoard logs
+        "bench": ["torch", "transformers"],  # benchmarks/bench_hf.py: PyTorch VideoMAE side by side
     },
     entry_points={"console_scripts": ["auvmae=auvmae_jax.cli:entry_point"]},
 )
