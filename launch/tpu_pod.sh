@@ -22,7 +22,7 @@ if [ "${SETUP:-1}" = 1 ]; then
   git archive --format=tar.gz -o /tmp/auvmae.tgz HEAD
   "${GCLOUD[@]}" scp /tmp/auvmae.tgz "$TPU":auvmae.tgz "${WHERE[@]}"
   on_all "rm -rf ~/auvmae && mkdir -p ~/auvmae && tar -xzf ~/auvmae.tgz -C ~/auvmae && \
-    cd ~/auvmae && python3 -m pip install -q -U 'jax[tpu]>=0.10,<0.12' -e . gcsfs"
+    cd ~/auvmae && python3 -m pip install -q -U 'jax[tpu]>=0.10,<0.12' -e '.[gcs]'"
 fi
 ARGS=$(printf '%q ' "$@")
 on_all "cd ~/auvmae && AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 python3 -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"
