@@ -189,7 +189,7 @@ class _Preemption:
 
     def stop_at(self, step: int) -> bool:
         """True at the step where every process saves and stops (a host-local check)."""
-        if not self.requested and self._manager.reached_preemption(step):
+        if not self.requested and jax.process_count() > 1 and self._manager.reached_preemption(step):
             log.warning("preemption: all processes stop at step %d after saving", step)
             self.requested = True
         return self.requested
@@ -295,6 +295,8 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                     if task.evaluate is not None and not stop and (last or step % config.eval_every == 0):
                         task.evaluate(state, step, writer)
                     if save:
+                        # The data state is process 0's; every process's grain iterator
+                        # holds the same position (equal local batches, lockstep steps).
                         manager.save(step, args=ocp.args.Composite(
                             state=ocp.args.StandardSave(state),
                             data=ocp.args.JsonSave(data_state)))
