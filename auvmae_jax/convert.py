@@ -343,6 +343,8 @@ def infer_and_map(state: dict[str, np.ndarray], hf_config: dict | None = None,
         notes.append(warn)
     cfg = dict(width=width, depth=depth, heads=int(heads), mlp_ratio=hidden / width, patch_size=p,
                tubelet_size=kt, layer_norm_eps=float(eps), final_norm=final_norm)
+    if layout == "hf":  # transformers' decoder norm and fc_norm keep PyTorch's default eps (SPEC §5)
+        cfg["head_norm_eps"] = 1e-5
     params: dict[str, Any] = {"encoder": enc}
     dec_depth = names.count_blocks(state, decoder=True)
     if dec_depth and names.enc_to_dec() in state:
@@ -368,9 +370,6 @@ def infer_and_map(state: dict[str, np.ndarray], hf_config: dict | None = None,
         _check_table(state, used, names.root + "decoder.pos_embedding.emb", dec_width)
         params["decoder"] = dec
         cfg.update(dec_width=dec_width, dec_depth=dec_depth, dec_heads=int(dec_heads))
-        if layout == "hf":
-            notes.append("transformers' decoder norm keeps PyTorch's LayerNorm eps 1e-5; the model uses "
-                         f"layer_norm_eps={eps} everywhere (outputs differ by ~1e-6)")
     else:
         cfg.update(dec_depth=0)
     cfg.update({k: v for k, v in overrides.items() if k in ("layer_norm_eps",)})

@@ -38,6 +38,7 @@ class ViTConfig:
     patch_size: int = 16
     tubelet_size: int = 2
     layer_norm_eps: float = 1e-6
+    head_norm_eps: float | None = None  # decoder's last norm and fc_norm (transformers: 1e-5); None: same
     final_norm: bool = True  # official pre-training encoders end in a LayerNorm
     dec_width: int = 384
     dec_depth: int = 4
@@ -119,9 +120,11 @@ def _zeros(names: tuple[str | None, ...]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
 
 
-def _norm(cfg: ViTConfig, name: str | None = None) -> nn.LayerNorm:
+def _norm(cfg: ViTConfig, name: str | None = None, head: bool = False) -> nn.LayerNorm:
+    """LayerNorm; `head` ones (decoder output, fc_norm) use `head_norm_eps` where it is set."""
+    eps = cfg.head_norm_eps if head and cfg.head_norm_eps is not None else cfg.layer_norm_eps
     return nn.LayerNorm(
-        epsilon=cfg.layer_norm_eps,
+        epsilon=eps,
         dtype=cfg.dtype,
         scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
         bias_init=_zeros(("norm",)),
@@ -248,7 +251,7 @@ class Decoder(nn.Module):
         x = jnp.concatenate([x_vis, x_msk], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = _stack(cfg, x, cfg.dec_width, cfg.dec_heads, cfg.dec_depth, 0.0, deterministic, "block")
-        x = _norm(cfg, "norm")(x[:, x.shape[1] - masked_ids.shape[1]:])  # the masked tokens
+        x = _norm(cfg, "norm", head=True)(x[:, x.shape[1] - masked_ids.shape[1]:])  # the masked tokens
         out = cfg.tubelet_size * cfg.patch_size**2 * 3
         return nn.Dense(out, dtype=cfg.dtype, kernel_init=_dense_init(("dec_embed", "patch")),
                         bias_init=_zeros(("patch",)), name="head")(x)
@@ -290,7 +293,7 @@ class AUDetector(nn.Module):
         tt, hp, wp = cfg.grid(*video.shape[1:4])
         tokens = Encoder(cfg, name="encoder")(video, visible, deterministic)
         per_time = tokens.reshape(b, tt, -1, cfg.width).mean(axis=2)  # [B, Tt, D]
-        per_time = _norm(cfg, "fc_norm")(per_time)
+        per_time = _norm(cfg, "fc_norm", head=True)(per_time)
         r = cfg.tubelet_size * self.temporal_stride
         logits = nn.Dense(r * self.num_classes, dtype=cfg.dtype,
                           kernel_init=nn.with_logical_partitioning(nn.initializers.truncated_normal(0.02),
