@@ -3,8 +3,10 @@
 `FrameSource` says where the frames of one video are and which dataset frame
 number each has. `face_crops` reads the frames a builder needs, finds the face
 track (the detector of `auvmae_jax.faces`, smoothed over time; where no face is
-found the nearest frame's box is used and the frame counted), crops a square
-around it, resizes to `image_size` and JPEG-encodes it, once, at build time.
+found the nearest frame's box is used and the frame counted), aligns it (the
+eye-line angle, smoothed over time, turned horizontal: `faces.smooth_angles`,
+`faces.square_crop(..., angle=)`; frames without two eyes are counted), crops a
+square around it, resizes to `image_size` and JPEG-encodes it, once, at build time.
 Without detection the frames are taken as face crops already: the centre square
 is resized.
 """
@@ -160,13 +162,14 @@ def fill_nearest(boxes: list) -> list:
 
 def face_crops(source: FrameSource, numbers: Collection[int] | None, *, image_size: int,
                detect: bool, jpeg_quality: int, report: BuildReport,
-               detector_kind: str = "opencv", scale: float = 1.25) -> dict[int, bytes]:
+               detector_kind: str = "opencv", scale: float = 1.25, align: bool = True) -> dict[int, bytes]:
     """Frame number -> JPEG bytes of the `image_size` face crop, for the frames that exist.
 
-    With `detect`, frames are decoded twice (boxes first, so that the track can be
-    smoothed, then the crops) to keep memory bounded on long videos. Counts
-    `frames_without_face` in `report`; raises `SkipVideo` if no frame shows a face
-    or no frame could be read.
+    With `detect`, frames are decoded twice (boxes and eye-line angles first, so that
+    the track can be smoothed, then the crops) to keep memory bounded on long videos;
+    with `align` the crops are rotated so that the eyes are horizontal. Counts
+    `frames_without_face` (and with `align` `frames_without_eyes`) in `report`;
+    raises `SkipVideo` if no frame shows a face or no frame could be read.
     """
     if not detect:
         out = {n: clips.encode_jpeg(centre_square(rgb, image_size), jpeg_quality)
@@ -177,18 +180,24 @@ def face_crops(source: FrameSource, numbers: Collection[int] | None, *, image_si
     from auvmae_jax import faces
 
     detector = _detector(detector_kind)
-    order, raw = [], []
+    order, raw, raw_angles = [], [], []
     for n, rgb in source.iter_frames(numbers, report):
         order.append(n)
-        raw.append(detector.detect(rgb))
+        box, angle = detector.find(rgb) if align else (detector.detect(rgb), None)
+        raw.append(box)
+        raw_angles.append(angle)
     if not order:
         raise SkipVideo("no frame could be read")
     missing = sum(b is None for b in raw)
     if missing == len(raw):
         raise SkipVideo(f"no face found in any of its {len(raw)} frames")
     report.count("frames_without_face", missing)
+    if align:
+        report.count("frames_without_eyes", sum(a is None for a in raw_angles) - missing)
     boxes = dict(zip(order, fill_nearest(faces.smooth_boxes(raw))))
+    angles = dict(zip(order, faces.smooth_angles(raw_angles) if align else [0.0] * len(order)))
     out = {}
     for n, rgb in source.iter_frames(set(order), None):  # problems were reported in the first pass
-        out[n] = clips.encode_jpeg(faces.square_crop(rgb, boxes[n], image_size, scale=scale), jpeg_quality)
+        crop = faces.square_crop(rgb, boxes[n], image_size, scale=scale, angle=angles[n])
+        out[n] = clips.encode_jpeg(crop, jpeg_quality)
     return out

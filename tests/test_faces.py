@@ -103,3 +103,130 @@ def test_square_crop_centres_scales_and_pads():
     assert corner[:10, :10].max() == 0 and corner[10:, 10:].min() == 200
     assert faces.square_crop(rgb, Box(500, 500, 10, 10), size=8).max() == 0  # wholly outside
     assert faces.resize_square(rgb, 32).shape == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------- alignment
+
+
+def rotated_face_frames(num_frames: int, roll: float, face: int = 160, seed: int = 2,
+                        height: int = 280, width: int = 340) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic faces turned clockwise on screen by `roll` degrees about their centre.
+
+    Returns frames uint8 `[T, height, width, 3]` and the true eye-line angle of each
+    frame: `roll` plus the head roll the renderer drew itself (its own motion, drawn
+    from the same random stream, reproduced here).
+    """
+    import copy
+
+    import cv2
+
+    from data_builders.synthetic_faces import render
+    from data_builders.synthetic_faces.timeline import sample_au_intensities
+
+    rng = np.random.default_rng(seed)
+    identity, intensities = render.sample_identity(rng), sample_au_intensities(rng, num_frames)
+    own = np.degrees(render._sample_motion(copy.deepcopy(rng), num_frames)["rot"])
+    faces_px = render.render_frames(identity, intensities, face, rng)
+    x, y = (width - face) // 2, (height - face) // 2
+    m = cv2.getRotationMatrix2D((x + face / 2, y + face / 2), -roll, 1.0)  # negative: clockwise
+    out = np.full((num_frames, height, width, 3), 96, np.uint8)
+    for t in range(num_frames):
+        out[t, y:y + face, x:x + face] = faces_px[t]
+        out[t] = cv2.warpAffine(out[t], m, (width, height), borderValue=(96, 96, 96))
+    return out, own + roll
+
+
+def padded(crop: np.ndarray, pad: int = 60) -> np.ndarray:
+    return np.pad(crop, ((pad, pad), (pad, pad), (0, 0)), constant_values=96)
+
+
+@pytest.mark.parametrize("roll,seed", [(12.0, 2), (-12.0, 5)])
+def test_eye_angle_of_a_rolled_face_and_the_aligned_crop(roll, seed):
+    frames, truth = rotated_face_frames(3, roll, seed=seed)
+    det = faces.FaceDetector()
+    found = 0
+    for rgb, angle_true in zip(frames, truth):
+        box, angle = det.find(rgb)
+        assert box is not None
+        if angle is None:
+            continue
+        found += 1
+        assert abs(angle - angle_true) < 3.0, (angle, angle_true)
+        _, after = det.find(padded(faces.square_crop(rgb, box, 160, angle=angle)))
+        assert after is not None and abs(after) < 3.0  # the aligned crop's eyes are level
+        _, before = det.find(padded(faces.square_crop(rgb, box, 160)))
+        assert before is not None and abs(before - angle_true) < 3.0  # an unrotated crop keeps the roll
+    assert found >= 2
+
+
+def test_no_eyes_no_angle_and_smoothing_fills_it():
+    frames, truth = rotated_face_frames(3, 12.0, seed=2)
+    det = faces.FaceDetector()
+    box = det.detect(frames[1])
+    assert det.eye_angle(np.full_like(frames[1], 96), box) is None  # a flat frame
+    covered = frames[1].copy()  # the upper part of the face painted over with the cheek's colour
+    x, y, w, h = (int(v) for v in box)
+    covered[y:y + int(0.6 * h), x:x + w] = frames[1][y + int(0.7 * h), x + w // 4]
+    assert det.eye_angle(covered, box) is None
+    angles = [det.find(frames[0])[1], det.eye_angle(covered, box), det.find(frames[2])[1]]
+    assert angles[0] is not None and angles[1] is None and angles[2] is not None
+    smooth = faces.smooth_angles(angles, window=1)
+    assert smooth[1] == pytest.approx((angles[0] + angles[2]) / 2) and abs(smooth[1] - truth[1]) < 3.0
+
+
+def test_pick_eye_pair_rejects_implausible_pairs():
+    box = Box(0, 0, 100, 100)
+    left, right = (20, 30, 20, 20), (60, 30, 20, 20)
+    assert faces.pick_eye_pair([left, right], box) == ((30, 40), (70, 40))
+    assert faces.pick_eye_pair([left, (60, 70, 20, 20)], box) is None  # below the upper 60%
+    assert faces.pick_eye_pair([left, (60, 30, 40, 40)], box) is None  # sizes too different
+    assert faces.pick_eye_pair([left, (60, 5, 20, 20)], box) is None  # rolled beyond 30 degrees
+    assert faces.pick_eye_pair([left, (25, 30, 20, 20)], box) is None  # both on one side
+    # a stray candidate near the centre line (a brow, the bridge of the nose) loses to the eyes
+    assert faces.pick_eye_pair([left, (42, 25, 20, 20), right], box) == ((30, 40), (70, 40))
+    assert faces.eye_line_angle((70, 50), (30, 40)) == pytest.approx(np.degrees(np.arctan2(10, 40)))
+    assert faces.plausible_angle((0, 0), (10, 10)) is None and faces.plausible_angle((0, 0), (10, 5)) > 26
+
+
+def test_smooth_angles_fills_gaps_drops_outliers_and_defaults_to_zero():
+    assert faces.smooth_angles([None, 10.0, None, 16.0, None], window=1) == [10.0, 10.0, 13.0, 16.0, 16.0]
+    assert faces.smooth_angles([None, None]) == [0.0, 0.0]
+    out = faces.smooth_angles([12.0, 12.5, 40.0, 12.0, 11.5], window=5)  # 40: a wrong pair of "eyes"
+    assert all(11.5 <= a <= 12.5 for a in out)
+    assert faces.smooth_angles([0.0, 2.0, 4.0], window=3) == pytest.approx([1.0, 2.0, 3.0])
+
+
+def test_square_crop_rotates_about_the_centre():
+    rgb = np.zeros((100, 120, 3), np.uint8)
+    rgb[45:55, 60:70] = 255  # right of the box centre (50, 50)
+    rgb[20:30, 45:55] = 128  # above it
+    box = Box(25, 25, 50, 50)
+    plain = faces.square_crop(rgb, box, 50, scale=1.0)
+    assert np.array_equal(faces.square_crop(rgb, box, 50, scale=1.0, angle=0.0), plain)
+    turned = faces.square_crop(rgb, box, 50, scale=1.0, angle=90.0)  # counter-clockwise on screen
+    assert np.abs(turned.astype(int) - np.rot90(plain).astype(int)).max() <= 1
+    assert turned[5:15, 20:30].min() == 255 and turned[20:30, 35:45].max() == 0  # right went to the top
+
+
+def test_face_crops_are_aligned_at_build_time(tmp_path):
+    from PIL import Image
+
+    from data_builders import frames as frame_io
+    from data_builders.report import BuildReport
+
+    video, truth = rotated_face_frames(3, 12.0, seed=2)
+    names = []
+    for t, rgb in enumerate(video):
+        names.append((t + 1, f"{t + 1}.png"))
+        Image.fromarray(rgb).save(tmp_path / f"{t + 1}.png")
+    source = frame_io.FrameSource(str(tmp_path), tuple(names))
+    det = faces.FaceDetector()
+    for align, expected in ((True, np.zeros(3)), (False, truth)):
+        report = BuildReport()
+        crops = frame_io.face_crops(source, None, image_size=160, detect=True, jpeg_quality=95,
+                                    report=report, align=align)
+        for n, want in zip(sorted(crops), expected):
+            rgb = np.asarray(Image.open(__import__("io").BytesIO(crops[n])).convert("RGB"))
+            _, angle = det.find(padded(rgb))
+            assert angle is not None and abs(angle - want) < 3.0, (align, n, angle, want)
+        assert report.counts["frames_without_face"] == 0
