@@ -23,13 +23,15 @@ DATASETS = ("disfa", "disfa/right", "bp4d", "face_videos/voxceleb2", "face_video
 
 def make_builder(dataset: str, data_dir: str, *, clip_length: int | None = None,
                  clip_stride: int | None = None, image_size: int = 224, detect: bool = True,
-                 jpeg_quality: int = 90):
-    """The builder of `dataset` (see `DATASETS`) with these options, not yet prepared."""
+                 jpeg_quality: int = 90, align: bool = True):
+    """The builder of `dataset` (see `DATASETS`) with these options, not yet prepared.
+
+    `align` (with `detect`) rotates the face crops so that the eyes are horizontal."""
     import data_builders
 
     name, _, variant = dataset.partition("/")
     options = dict(image_size=image_size, detect_faces=detect, jpeg_quality=jpeg_quality,
-                   clip_stride=clip_stride)
+                   clip_stride=clip_stride, align_faces=align)
     if clip_length is not None:
         options["clip_length"] = clip_length
     if name == "disfa" and variant in ("", "left", "right"):

@@ -2,8 +2,9 @@
 
 A checkpoint directory is a fine-tuning or pre-training workdir, or a directory
 written by `auvmae convert`: `config.json` + orbax `checkpoints/`. A video is read
-twice, streaming: first to find and smooth the face boxes (`faces.py`), then to
-crop the faces and cut them into clips, so memory holds one clip batch, never
+twice, streaming: first to find and smooth the face boxes and eye-line angles
+(`faces.py`), then to crop the faces (rotated so that the eyes are horizontal) and
+cut them into clips, so memory holds one clip batch, never
 the video. `window_starts` places clips so that every frame is in one (the last
 clip ends at the last frame); per-frame outputs of overlapping clips are averaged.
 """
@@ -110,11 +111,12 @@ def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
 
 @dataclasses.dataclass
 class Track:
-    """Per-frame timestamps and smoothed face boxes (None: no face) of a video."""
+    """Per-frame timestamps, smoothed face boxes (None: no face) and eye-line angles of a video."""
 
     timestamps: list[float]
     boxes: list[faces.Box | None]
     detected: int  # frames where the detector itself found a face
+    angles: list[float] | None = None  # smoothed eye-line angles (degrees); None: no alignment
 
 
 def _progress(total: int | None, desc: str, enabled: bool):
@@ -125,10 +127,13 @@ def _progress(total: int | None, desc: str, enabled: bool):
 
 
 def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool = True,
-                max_gap: int | None = 8, window: int = 5) -> Track:
-    """First pass over a video: timestamps, and face boxes unless `detector` is None."""
+                max_gap: int | None = 8, window: int = 5, align: bool = True) -> Track:
+    """First pass over a video: timestamps, and face boxes unless `detector` is None.
+
+    With a detector and `align`, also the eye-line angle of each frame, smoothed
+    (`faces.smooth_angles`), for crops with the eyes horizontal."""
     info = video_io.probe(path)
-    times, raw = [], []
+    times, raw, raw_angles = [], [], []
     with _progress(info.num_frames, "finding faces" if detector else "reading", progress) as bar:
         for frame in video_io.iter_frames(path):
             times.append(frame.timestamp)
@@ -136,23 +141,32 @@ def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool =
                 h, w = frame.rgb.shape[:2]
                 side = min(h, w)
                 raw.append(faces.Box((w - side) / 2, (h - side) / 2, side, side))
+            elif align:
+                box, angle = detector.find(frame.rgb)
+                raw.append(box)
+                raw_angles.append(angle)
             else:
                 raw.append(detector.detect(frame.rgb))
             bar.update(1)
     detected = sum(b is not None for b in raw)
     boxes = raw if detector is None else faces.smooth_boxes(raw, max_gap=max_gap, window=window)
-    return Track(times, boxes, detected)
+    angles = faces.smooth_angles(raw_angles, window=window) if detector is not None and align else None
+    return Track(times, boxes, detected, angles)
 
 
 def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float = 1.25,
-               progress: bool = True, desc: str = "predicting") -> Iterator[tuple[int, np.ndarray | None]]:
-    """Second pass: `(index, [size, size, 3] face crop or None)` for the frames of the first pass."""
+               progress: bool = True, desc: str = "predicting",
+               angles: list[float] | None = None) -> Iterator[tuple[int, np.ndarray | None]]:
+    """Second pass: `(index, [size, size, 3] face crop or None)` for the frames of the first pass.
+
+    `angles` (per frame, degrees): each crop is rotated so that that eye line is horizontal."""
     with _progress(len(boxes), desc, progress) as bar:
         for frame in video_io.iter_frames(path):
             if frame.index >= len(boxes):
                 break
             box = boxes[frame.index]
-            yield frame.index, None if box is None else faces.square_crop(frame.rgb, box, size, scale)
+            angle = 0.0 if angles is None else angles[frame.index]
+            yield frame.index, None if box is None else faces.square_crop(frame.rgb, box, size, scale, angle)
             bar.update(1)
 
 
@@ -262,8 +276,10 @@ def feature_fn(ckpt: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
 
 def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "frame", detect: bool = True,
                      detector: str = "opencv", batch_size: int = 8, hop: int | None = None,
-                     progress: bool = True) -> np.ndarray:
+                     progress: bool = True, align: bool = True) -> np.ndarray:
     """Encoder features of a video (or `.npy` frames) -> `output` `.npy`; returns the array.
+
+    With `detect`, the face crops are aligned (eyes horizontal) unless `align` is False.
 
     `pool='frame'`: `[T, D]`, each frame the mean over the clips covering it of its
     temporal token's spatial mean. `pool='clip'`: `[num_clips, D]`, the mean of each
@@ -278,13 +294,14 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
         n, times, crops = len(arr), None, array_crops(arr, s)
     else:
         track = track_faces(source, faces.FaceDetector(detector) if detect else None, progress,
-                            max_gap=None)
+                            max_gap=None, align=align)
         n, times = len(track.boxes), track.timestamps
         scale = 1.25 if detect else 1.0
         if detect and track.detected == 0:
             log.warning("%s: no face found in any frame; features are of the whole frame", source)
             track, scale = track_faces(source, None, progress=False), 1.0
-        crops = iter_crops(source, track.boxes, s, scale, progress=progress, desc="features")
+        crops = iter_crops(source, track.boxes, s, scale, progress=progress, desc="features",
+                           angles=track.angles)
     fn = feature_fn(ckpt)
     r = ckpt.vit.tubelet_size * ckpt.temporal_stride  # frames per temporal token
     total = np.zeros((n, ckpt.vit.width), np.float64)

@@ -48,8 +48,10 @@ def probability_fn(ckpt: features.Checkpoint):
 
 def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str | None = None,
                   detect: bool = True, detector: str = "opencv", batch_size: int = 4, hop: int | None = None,
-                  scale: float = 1.25, progress: bool = True) -> dict:
+                  scale: float = 1.25, progress: bool = True, align: bool = True) -> dict:
     """Detect AUs in every frame of `video`, write the CSV (and the plot); returns a summary.
+
+    With `detect`, the face crops are aligned (eyes horizontal) unless `align` is False.
 
     Summary: `frames`, `faces` (frames with success=1), `detected` (frames where the
     detector itself found a face), `clips` (clips run), `csv`, `plot`.
@@ -60,7 +62,7 @@ def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str 
     w, s = ckpt.window, ckpt.image_size
     hop = hop or max(w // 2, 1)
     detector_obj = faces.FaceDetector(detector) if detect else None
-    track = features.track_faces(video, detector_obj, progress)
+    track = features.track_faces(video, detector_obj, progress, align=align)
     n = len(track.boxes)
     if detect and track.detected == 0:
         log.warning("%s: no face found in any of its %d frames; the CSV has success=0 everywhere", video, n)
@@ -68,7 +70,8 @@ def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str 
     count = np.zeros(n, np.int64)
     clips = 0
     if any(b is not None for b in track.boxes):
-        crops = features.iter_crops(video, track.boxes, s, scale if detect else 1.0, progress)
+        crops = features.iter_crops(video, track.boxes, s, scale if detect else 1.0, progress,
+                                    angles=track.angles)
         fn = probability_fn(ckpt)
         for start, probs, has in features.run_batched(fn, features.iter_clips(crops, n, w, hop), batch_size,
                                                       (w, s, s, 3)):

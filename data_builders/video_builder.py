@@ -41,10 +41,12 @@ log = logging.getLogger("auvmae")
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class VideoBuildConfig(tfds.core.BuilderConfig):
-    """Crop size, clip length and stride, face detection, JPEG quality.
+    """Crop size, clip length and stride, face detection and alignment, JPEG quality.
 
-    The name is derived: the builder's base name plus every value that differs
-    from the defaults, so that builds with other parameters coexist in a data_dir.
+    `align_faces` (with `detect_faces`) rotates each crop so that the eyes are
+    horizontal (`frames.face_crops`). The name is derived: the builder's base name
+    plus every value that differs from the defaults, so that builds with other
+    parameters coexist in a data_dir.
     """
 
     name: str = dataclasses.field(default="", init=False)
@@ -53,6 +55,7 @@ class VideoBuildConfig(tfds.core.BuilderConfig):
     clip_stride: int | None = None
     detect_faces: bool = True
     jpeg_quality: int = 90
+    align_faces: bool = True
 
     def base_name(self) -> str:
         return "default"
@@ -70,6 +73,8 @@ class VideoBuildConfig(tfds.core.BuilderConfig):
             parts.append(f"stride{stride}")
         if not self.detect_faces:
             parts.append("nodetect")
+        elif not self.align_faces:
+            parts.append("noalign")
         if self.jpeg_quality != defaults["jpeg_quality"]:
             parts.append(f"q{self.jpeg_quality}")
         self.clip_stride = stride
@@ -111,6 +116,7 @@ class ClipParams:
     clip_length: int
     clip_stride: int
     minority_columns: tuple[int, ...] = ()
+    align: bool = True
 
 
 # ---------------------------------------------------------------------------- pure steps
@@ -202,7 +208,7 @@ def prepare(item: VideoItem, params: ClipParams, cache_path: str | None = None) 
     try:
         jpegs = frames.face_crops(item.source, None if item.numbers is None else item.numbers.tolist(),
                                   image_size=params.image_size, detect=params.detect,
-                                  jpeg_quality=params.jpeg_quality, report=report)
+                                  jpeg_quality=params.jpeg_quality, report=report, align=params.align)
     except frames.SkipVideo as e:
         return Prepared(None, report, str(e)), {}
     except Exception as e:  # noqa: BLE001  (a decoder or codec bug on one file must not stop the build)
@@ -257,7 +263,8 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
     def _params(self) -> ClipParams:
         cfg = self.builder_config
         return ClipParams(cfg.image_size, cfg.detect_faces, cfg.jpeg_quality, cfg.clip_length,
-                          cfg.clip_stride, tuple(self.aus.index(a) for a in self.minority_aus))
+                          cfg.clip_stride, tuple(self.aus.index(a) for a in self.minority_aus),
+                          align=cfg.align_faces)
 
     def _generate_splits(self, dl_manager, download_config):
         self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None

@@ -230,3 +230,14 @@ def test_face_crops_are_aligned_at_build_time(tmp_path):
             _, angle = det.find(padded(rgb))
             assert angle is not None and abs(angle - want) < 3.0, (align, n, angle, want)
         assert report.counts["frames_without_face"] == 0
+
+
+def test_builder_config_records_alignment(tmp_path):
+    from auvmae_jax import build_data
+
+    aligned = build_data.make_builder("disfa", str(tmp_path)).builder_config
+    plain = build_data.make_builder("disfa", str(tmp_path), align=False).builder_config
+    assert aligned.name == "left" and aligned.as_dict()["align_faces"] is True
+    assert plain.name == "left_noalign" and plain.as_dict()["align_faces"] is False
+    nodetect = build_data.make_builder("disfa", str(tmp_path), detect=False, align=False).builder_config
+    assert nodetect.name == "left_nodetect"  # no detection: nothing to align
