@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from typing import Any
 
 import jax
 
-from auvmae_jax import evaluation, finetune, input_pipeline, metrics
+from auvmae_jax import evaluation, finetune, input_pipeline, metrics, paths
 
 log = logging.getLogger("auvmae")
 
@@ -35,11 +34,8 @@ def run_folds(config: Any, workdir: str) -> dict:
     rows["all-positive baseline (mean)"] = metrics.baseline_row(mean)
     table = metrics.markdown_table(rows, aus)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "crossval.json"), "w") as f:
-            json.dump({"folds": results, "mean": mean}, f, indent=2)
-        with open(os.path.join(workdir, "crossval.md"), "w") as f:
-            f.write(table + "\n")
+        paths.write_json(paths.join(workdir, "crossval.json"), {"folds": results, "mean": mean})
+        paths.write_text(paths.join(workdir, "crossval.md"), table + "\n")
     print(table)
     return mean
 
@@ -56,10 +52,8 @@ def run_ablation(config: Any, workdir: str) -> dict:
         rows[name] = run_folds(row_config, os.path.join(workdir, name.lstrip("+")))
     table = metrics.markdown_table(rows, _aus(config))
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "ablation.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        with open(os.path.join(workdir, "ablation.md"), "w") as f:
-            f.write(table + "\n")
+        paths.write_json(paths.join(workdir, "ablation.json"), rows)
+        paths.write_text(paths.join(workdir, "ablation.md"), table + "\n")
     print("\nAblation (mean F1 over 3 folds):\n" + table)
     return rows
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from auvmae_jax import evaluation, finetune, pretrain
+from auvmae_jax import evaluation, finetune, paths, pretrain
 
 log = logging.getLogger("auvmae")
 
@@ -20,7 +20,7 @@ log = logging.getLogger("auvmae")
 def run(workdir: str) -> dict:
     from configs import demo as demo_config
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.resolve(workdir)
     config = demo_config.get_config()
     data_dir = os.path.join(workdir, "data")
     pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")

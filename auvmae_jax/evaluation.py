@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from auvmae_jax import input_pipeline, losses, metrics, sharding
+from auvmae_jax import input_pipeline, losses, metrics, paths, sharding
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -89,11 +88,10 @@ def _pad(frames: np.ndarray | None, size: int, shape) -> np.ndarray:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "config.json")
-    if not os.path.exists(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.exists(path):
         raise UserError(f"{path} not found: is {workdir} a training workdir?")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(paths.read_json(path))
 
 
 def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
@@ -118,17 +116,16 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
                               finetune.sampler(config, train=False), aus, config.eval_batch_size, config.seed)
         result = evaluator.evaluate(params)
     result["split"] = split
-    write_metrics(workdir, result, aus, title=f"{os.path.basename(os.path.abspath(workdir))} ({split})")
+    name = os.path.basename(paths.resolve(workdir).rstrip("/"))
+    write_metrics(workdir, result, aus, title=f"{name} ({split})")
     return result
 
 
 def write_metrics(workdir: str, result: dict, aus: list[int], title: str) -> None:
     if jax.process_index() != 0:
         return
-    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    paths.write_json(paths.join(workdir, "metrics.json"), result)
     table = metrics.markdown_table({title: result, "all-positive baseline": metrics.baseline_row(result)},
                                    aus)
-    with open(os.path.join(workdir, "metrics.md"), "w") as f:
-        f.write(table + "\n")
+    paths.write_text(paths.join(workdir, "metrics.md"), table + "\n")
     print(table)

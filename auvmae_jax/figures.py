@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from typing import Any
 
 import jax
 import numpy as np
+
+from auvmae_jax import paths
 
 log = logging.getLogger("auvmae")
 
@@ -47,8 +50,9 @@ def _panels(mats: list[np.ndarray], titles: list[str], ticks: tuple[list[str], l
                         color="white" if v < 0.5 * np.max(mats) else "black")
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    paths.write_bytes(path, buf.getvalue())
     plt.close(fig)
     return path
 
@@ -91,8 +95,8 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
     """
     from auvmae_jax import evaluation, finetune, input_pipeline, knowledge
 
-    workdir = os.path.abspath(os.path.expanduser(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.resolve(workdir)
+    paths.makedirs(workdir)
     builder = input_pipeline.load_builder(config.data)
     aus = finetune.aus_of(builder)
     train_split, test_split = finetune.splits(config, builder)
@@ -104,7 +108,7 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
 
             raise UserError(f"--pair: AU{a} is not one of the dataset's AUs {aus}")
     learned_intra = learned_inter = None
-    if os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if paths.exists(paths.join(workdir, "checkpoints")):
         params = finetune.load_checkpoint_params(workdir)
         evaluator = evaluation.Evaluator(
             finetune.build_model(config, len(aus)), finetune.level_settings(config),
@@ -113,8 +117,8 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
         probs, _, _ = evaluator.predict(params)
         learned_intra = np.asarray(knowledge.learned_intra(probs))
         learned_inter = np.asarray(knowledge.learned_inter(probs))
-        np.save(os.path.join(workdir, "priors", "learned_intra.npy"), learned_intra)
-        np.save(os.path.join(workdir, "priors", "learned_inter.npy"), learned_inter)
+        paths.save_npy(paths.join(workdir, "priors", "learned_intra.npy"), learned_intra)
+        paths.save_npy(paths.join(workdir, "priors", "learned_inter.npy"), learned_inter)
     out = {}
     if jax.process_index() == 0:
         fig_dir = os.path.join(workdir, "priors")

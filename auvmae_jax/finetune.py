@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import os
 from typing import Any
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from auvmae_jax import evaluation, input_pipeline, knowledge, losses, masking, trainer
+from auvmae_jax import evaluation, input_pipeline, knowledge, losses, masking, paths, trainer
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import AUDetector, ViTConfig
 
@@ -124,9 +123,9 @@ def aus_of(builder) -> list[int]:
 
 def load_checkpoint_params(path: str) -> dict:
     """Parameters of the latest checkpoint under `path` (a workdir or its checkpoints dir)."""
-    path = os.path.abspath(os.path.expanduser(path))
-    ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-    if not os.path.isdir(ckpt_dir):
+    path = paths.resolve(path)
+    ckpt_dir = paths.join(path, "checkpoints") if paths.exists(paths.join(path, "checkpoints")) else path
+    if not paths.exists(ckpt_dir):
         raise UserError(f"init checkpoint {path}: no such directory")
     manager = ocp.CheckpointManager(ckpt_dir)
     step = manager.latest_step()
@@ -138,11 +137,10 @@ def load_checkpoint_params(path: str) -> dict:
 
 def _source_settings(path: str) -> dict:
     """`model` and `data` of the config.json beside an init checkpoint (workdir or converted dir)."""
-    cfg_path = os.path.join(os.path.abspath(os.path.expanduser(path)), "config.json")
-    if not os.path.exists(cfg_path):
+    cfg_path = paths.join(path, "config.json")
+    if not paths.exists(cfg_path):
         return {}
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = paths.read_json(cfg_path)
     return {"model": cfg.get("model") or {}, "data": cfg.get("data") or {}, "task": cfg.get("task")}
 
 

@@ -18,13 +18,13 @@ state 13). A pair (i, j) with no valid transition at all gets the uniform distri
 from __future__ import annotations
 
 import functools
-import json
-import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from auvmae_jax import paths
 
 NUM_STATES = 16
 RATE_FLOOR = 1e-6
@@ -185,23 +185,20 @@ def save_priors(directory: str, priors: dict, aus: Sequence) -> None:
 
     `priors.json` holds the AU names, the array shapes and `priors["counts"]` (if any).
     """
-    os.makedirs(directory, exist_ok=True)
     for name in _PRIOR_FILES:
-        np.save(os.path.join(directory, f"{name}.npy"), np.asarray(priors[name], np.float32))
+        paths.save_npy(paths.join(directory, f"{name}.npy"), np.asarray(priors[name], np.float32))
     meta = {
         "aus": [a if isinstance(a, str) else int(a) for a in aus],
         "shapes": {name: list(np.shape(priors[name])) for name in _PRIOR_FILES},
         "counts": priors.get("counts", {}),
     }
-    with open(os.path.join(directory, "priors.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    paths.write_json(paths.join(directory, "priors.json"), meta, indent=1)
 
 
 def load_priors(directory: str) -> dict:
     """Inverse of `save_priors`: the three float32 arrays plus `aus` and `counts`."""
-    with open(os.path.join(directory, "priors.json")) as f:
-        meta = json.load(f)
-    out = {name: np.load(os.path.join(directory, f"{name}.npy")) for name in _PRIOR_FILES}
+    meta = paths.read_json(paths.join(directory, "priors.json"))
+    out = {name: paths.load_npy(paths.join(directory, f"{name}.npy")) for name in _PRIOR_FILES}
     for name in _PRIOR_FILES:
         if list(out[name].shape) != meta["shapes"][name]:
             raise ValueError(f"{directory}/{name}.npy has shape {out[name].shape}, "

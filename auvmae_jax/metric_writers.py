@@ -100,7 +100,8 @@ def create_writer(logdir: str) -> MetricWriter:
     """Console on every process; TensorBoard events from process 0 only."""
     if jax.process_index() != 0:
         return MetricWriter()
-    os.makedirs(logdir, exist_ok=True)
+    if "://" not in logdir:  # tensorboardX writes gs:// and s3:// URLs itself
+        os.makedirs(logdir, exist_ok=True)
     return MultiWriter([ConsoleWriter(), TensorBoardWriter(logdir)])
 
 

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from auvmae_jax import input_pipeline, losses, masking, trainer
@@ -95,9 +96,11 @@ class ReconstructionPictures:
         image = picture(self.frames, masked, recon)
         writer.write_scalars(step, {"eval_loss": loss})
         writer.write_images(step, {"reconstruction": image})
-        if jax.process_index() == 0:
-            os.makedirs(self.outdir, exist_ok=True)
-            Image.fromarray(image).save(os.path.join(self.outdir, f"step_{step:07d}.png"))
+        if jax.process_index() == 0:  # epath: local paths and gs:// alike
+            outdir = epath.Path(self.outdir)
+            outdir.mkdir(parents=True, exist_ok=True)
+            with (outdir / f"step_{step:07d}.png").open("wb") as f:
+                Image.fromarray(image).save(f, format="PNG")
         return {"eval_loss": loss}
 
 

@@ -1,7 +1,18 @@
-"""The demo: tiny model on small synthetic face videos, minutes on 2 CPU cores.
+"""The demo: a small model on small synthetic face videos, minutes on 2 CPU cores.
 
-`auvmae demo` builds the data into WORKDIR/data and pre-trains into
-WORKDIR/pretrain with `get_config().pretrain`.
+`auvmae demo` builds the data into WORKDIR/data, pre-trains into WORKDIR/pretrain
+with `get_config().pretrain` (on fold 1's training subjects only) and fine-tunes
+into WORKDIR/finetune with `get_config().finetune`, then scores fold 1's held-out
+subjects.
+
+What makes a short CPU run learn (measured on 2 cores, held-out mean F1 after
+fine-tuning; the all-positive baseline scores ~0.17):
+- many identities: one 8-frame clip each from 2400 synthetic subjects, rather than
+  long videos of few (a ViT generalises to unseen faces only after seeing many);
+- many small steps: the `mini` ViT at 32 px (4 x 4 patches of 8 px) takes ~25 steps/s,
+  so 4000 steps fit where `tiny` at 64 px managed 1000-2000 (F1 0.54 vs 0.30-0.36);
+- no crops or flips in fine-tuning: the faces are aligned, and with 4 x 4 patch
+  positions a shifted crop moves each AU region to another position.
 """
 
 from __future__ import annotations
@@ -10,28 +21,28 @@ import ml_collections
 
 from configs import finetune, pretrain
 
-# Many short videos: a ViT generalises to unseen faces only after seeing many identities.
-SYNTHETIC = dict(image_size=64, clip_length=8, num_subjects=240, videos_per_subject=1, frames_per_video=32,
+SYNTHETIC = dict(image_size=32, clip_length=8, num_subjects=2400, videos_per_subject=1, frames_per_video=8,
                  seed=0)
+MODEL = dict(preset="mini", patch_size=8, dtype="float32")  # CPU: bf16 matmuls are slower there
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
-    config = pretrain.get_config("tiny")
+    config = pretrain.get_config("mini")
     config.data.synthetic = dict(SYNTHETIC)
-    config.data.image_size = 64
-    config.data.num_frames = 8
+    config.data.image_size = SYNTHETIC["image_size"]
+    config.data.num_frames = SYNTHETIC["clip_length"]
+    config.data.train_split = "part2+part3"  # fold 1's training subjects: none of the test faces
     config.data.crop_scale = (0.6, 1.0)
-    config.model.patch_size = 16  # 4 x 4 positions: 16x fewer tokens than patch 16 at 224
-    config.model.dtype = "float32"  # CPU: bf16 matmuls are slower there
+    config.model.update(MODEL)
     config.mask_ratio = 0.75  # 0.9 of 16 positions would leave 2 visible
     config.batch_size = 32
-    config.num_train_steps = 300
-    config.optimizer.base_lr = 8e-3  # peak lr 1e-3 at batch 32: a short run of a tiny model
-    config.optimizer.warmup_steps = 30
+    config.num_train_steps = 1000
+    config.optimizer.base_lr = 0.024  # peak lr 3e-3 at batch 32
+    config.optimizer.warmup_steps = 50
     config.optimizer.grad_clip = 1.0
-    config.log_every = 25
-    config.eval_every = 100
-    config.checkpoint_every = 100
+    config.log_every = 100
+    config.eval_every = 500
+    config.checkpoint_every = 500
     return config
 
 
@@ -40,21 +51,20 @@ def finetune_config() -> ml_collections.ConfigDict:
     config = finetune.get_config("synthetic,video,1")
     config.data.synthetic = dict(SYNTHETIC)
     config.clip_length = SYNTHETIC["clip_length"]
-    config.data.image_size = 64
-    config.model.preset = "tiny"
-    config.model.patch_size = 16
-    config.model.dtype = "float32"
+    config.data.image_size = SYNTHETIC["image_size"]
+    config.model.update(MODEL)
     config.model.drop_path = 0.0
+    config.data.crop_scale = (1.0, 1.0)  # aligned faces: no crops or flips (see above)
+    config.data.flip = False
     config.batch_size = 32
-    config.eval_batch_size = 32
-    config.num_train_steps = 1000
-    config.optimizer.base_lr = 8e-3  # peak lr 1e-3 at batch 32
-    config.optimizer.layer_decay = 0.9
-    config.optimizer.warmup_steps = 50
-    config.optimizer.min_lr = 1e-4
-    config.log_every = 50
-    config.eval_every = 500
-    config.checkpoint_every = 500
+    config.eval_batch_size = 64
+    config.num_train_steps = 4000
+    config.optimizer.base_lr = 0.03  # peak lr 3.75e-3 at batch 32
+    config.optimizer.warmup_steps = 100
+    config.optimizer.min_lr = 1e-5
+    config.log_every = 200
+    config.eval_every = 2000
+    config.checkpoint_every = 1000
     return config
 
 
