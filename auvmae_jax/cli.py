@@ -29,6 +29,7 @@ flags.DEFINE_integer("clip_length", None, "build-data: frames per clip (default:
 flags.DEFINE_integer("clip_stride", None, "build-data: frames between clip starts (default: clip length).")
 flags.DEFINE_integer("image_size", 224, "build-data: side of the square face crops.")
 flags.DEFINE_bool("detect", True, "build-data, features, predict: detect, crop faces (--no-detect: crops).")
+flags.DEFINE_bool("align", True, "build-data, features, predict: rotate face crops so the eyes are level.")
 flags.DEFINE_integer("workers", 1, "build-data: local processes preparing videos.")
 flags.DEFINE_string("beam_pipeline_options", "", "build-data: run on Apache Beam, e.g. runner=DirectRunner.")
 flags.DEFINE_string("checkpoint", None, "features, predict: a training workdir or a converted dir.")
@@ -128,7 +129,8 @@ def _build_data() -> None:
         raise UserError("--dataset and --manual_dir are required, e.g. --dataset=disfa --manual_dir=~/DISFA")
     build_data.build(FLAGS.dataset, FLAGS.manual_dir, FLAGS.data_dir, workers=FLAGS.workers,
                      beam_pipeline_options=FLAGS.beam_pipeline_options, clip_length=FLAGS.clip_length,
-                     clip_stride=FLAGS.clip_stride, image_size=FLAGS.image_size, detect=FLAGS.detect)
+                     clip_stride=FLAGS.clip_stride, image_size=FLAGS.image_size, detect=FLAGS.detect,
+                     align=FLAGS.align)
 
 
 def _convert() -> None:
@@ -150,7 +152,8 @@ def _features() -> None:
         raise UserError("features needs --checkpoint=DIR --video=FILE --output=FEATS.npy")
     ckpt = features.load_checkpoint(FLAGS.checkpoint)
     features.extract_features(ckpt, FLAGS.video, FLAGS.output, pool=FLAGS.pool, detect=FLAGS.detect,
-                              detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop)
+                              detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop,
+                              align=FLAGS.align)
 
 
 def _predict() -> None:
@@ -163,7 +166,8 @@ def _predict() -> None:
     ckpt = features.load_checkpoint(FLAGS.checkpoint)
     output = FLAGS.output or os.path.splitext(FLAGS.video)[0] + "_aus.csv"
     summary = predict.predict_video(ckpt, FLAGS.video, output, plot=FLAGS.plot, detect=FLAGS.detect,
-                                    detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop)
+                                    detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop,
+                                    align=FLAGS.align)
     print(f"{summary['frames']} frames, {summary['faces']} with a face -> {output}"
           + (f", {FLAGS.plot}" if FLAGS.plot else ""))
 

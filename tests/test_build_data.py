@@ -43,8 +43,8 @@ def test_cli_builds_reports_and_rebuilds_the_same_bytes(disfa_manual, tmp_path):
     log = runs[0].stderr
     assert "LeftVideoSN002_comp.avi: skipped" in log and "videos_built: 4" in log
     assert "part1: 6" in log and "part1_aug:" in log
-    a = os.path.join(tmp_path, "a", "disfa", "left_s32_t8", "1.0.0")
-    b = os.path.join(tmp_path, "b", "disfa", "left_s32_t8", "1.0.0")
+    a = os.path.join(tmp_path, "a", "disfa", "left_s32_t8", "1.1.0")
+    b = os.path.join(tmp_path, "b", "disfa", "left_s32_t8", "1.1.0")
     shards_a, shards_b = _shards(a), _shards(b)
     assert shards_a and shards_a == shards_b
 

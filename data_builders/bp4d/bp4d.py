@@ -158,8 +158,9 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
 class Bp4d(VideoClipBuilder):
     """BP4D clips (see module docstring); build with `auvmae build-data --dataset=bp4d`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Face crops rotated so the eyes are level (align_faces)."}
     BUILDER_CONFIGS = [Bp4dConfig()]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     BP4D-Spontaneous is licensed by its owners (https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html).

@@ -163,8 +163,9 @@ def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[Video
 class Disfa(VideoClipBuilder):
     """DISFA clips (see module docstring); build with `auvmae build-data --dataset=disfa`."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Face crops rotated so the eyes are level (align_faces)."}
     BUILDER_CONFIGS = [DisfaConfig(), DisfaConfig(camera="right")]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     DISFA is licensed by its owners (http://mohammadmahoor.com/disfa/). Place in the

@@ -170,8 +170,9 @@ def list_videos(manual_dir: str, cfg: FaceVideosConfig, report: BuildReport) -> 
 class FaceVideos(VideoClipBuilder):
     """Unlabelled face clips of one corpus per config (see module docstring)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "Face crops rotated so the eyes are level (align_faces)."}
     BUILDER_CONFIGS = [FaceVideosConfig(corpus=c) for c in CORPORA]
     MANUAL_DOWNLOAD_INSTRUCTIONS = """\
     The corpora are licensed or downloaded by their own scripts. Place each as it ships
