@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from auvmae_jax import input_pipeline, losses, masking, trainer
+from auvmae_jax import data_mixture, input_pipeline, losses, masking, trainer
 from auvmae_jax.models import VideoMAE, ViTConfig
 
 log = logging.getLogger("auvmae")
@@ -104,9 +104,15 @@ class ReconstructionPictures:
         return {"eval_loss": loss}
 
 
+def training_source(data_config: Any):
+    """`data.mixture` (weighted built datasets, e.g. the five face-video corpora) or one split."""
+    if data_config.get("mixture"):
+        return data_mixture.load_mixture(data_config.mixture, data_config.data_dir, data_config.mixture_split)
+    return input_pipeline.data_source(input_pipeline.load_builder(data_config), data_config.train_split)
+
+
 def make_task(config: Any, workdir: str) -> trainer.Task:
-    builder = input_pipeline.load_builder(config.data)
-    source = input_pipeline.data_source(builder, config.data.train_split)
+    source = training_source(config.data)
     data = input_pipeline.make_dataset(
         source, input_pipeline.sampler_from_config(config.data, train=True),
         batch_size=config.batch_size, seed=config.seed, worker_count=config.data.worker_count)

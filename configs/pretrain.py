@@ -20,6 +20,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = common.data_config()
     config.data.num_frames = 16
     config.data.temporal_stride = 1  # 4 to prepare frame-level fine-tuning (SPEC §1)
+    # Weighted mix of built datasets instead of `name`, e.g. the paper's five corpora:
+    # "face_videos/voxceleb2:1,face_videos/celebv_hq:1,face_videos/faceforensics:1,face_videos/vfhq:1,
+    # face_videos/mead:1" (weights are relative), each read from its `mixture_split`.
+    config.data.mixture = ""
+    config.data.mixture_split = "train"
     config.model = dict(preset=preset, patch_size=16, tubelet_size=2, dtype="bfloat16",
                         remat=False, attention_impl=None, drop_path=0.0, layer_norm_eps=1e-6,
                         head_norm_eps=None)

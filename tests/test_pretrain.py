@@ -58,3 +58,25 @@ def test_resume_continues_exactly(synthetic_data_dir, tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
                  cut_state.params, full_state.params)
     assert int(cut_state.step) == 6
+
+
+def test_pretraining_on_a_weighted_mixture_of_built_datasets(tmp_path):
+    """`data.mixture` reads several built datasets (here two synthetic builds) as one source."""
+    import data_builders
+    from tests.conftest import TINY_SYNTHETIC
+
+    data_dir = str(tmp_path / "data")
+    for seed in (0, 1):
+        data_builders.build_synthetic(data_dir, **dict(TINY_SYNTHETIC, seed=seed))
+    names = sorted(f"synthetic_faces/{p}" for p in os.listdir(os.path.join(data_dir, "synthetic_faces"))
+                   if not p.startswith("."))
+    config = mini_pretrain_config(data_dir)
+    config.data.mixture = f"{names[0]}:3,{names[1]}:1"
+    config.data.mixture_split = "part1"
+    source = pretrain.training_source(config.data)
+    part1 = mini_pretrain_config(data_dir)
+    part1.data.train_split = "part1"
+    assert len(source) == 2 * len(pretrain.training_source(part1.data))  # both builds' records, 3:1
+    config.num_train_steps = 2
+    _, history = pretrain.train(config, str(tmp_path / "w"))
+    assert history[-1]["step"] == 2 and np.isfinite(history[-1]["loss"])
