@@ -191,6 +191,7 @@ def setup_logging() -> None:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/jax chatter
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("auvmae").setLevel(logging.INFO)
+    logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
 
 
 def main(argv: list[str] | None = None) -> int:
