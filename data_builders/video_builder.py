@@ -254,6 +254,13 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
     minority_aus: tuple[int, ...] = ()
     aus: tuple[int, ...] = ()
 
+    def __init__(self, *, file_format=None, **kwargs):
+        """As tfds's, but a new build without `file_format` writes ArrayRecord, not TFRecord:
+        training reads records at random (`tfds build` with TensorFlow passes none)."""
+        super().__init__(file_format=file_format, **kwargs)
+        if file_format is None and not self.is_prepared():
+            self.info.set_file_format("array_record", override=True)
+
     def _list_videos(self, manual_dir: str, report: BuildReport) -> list[VideoItem]:
         raise NotImplementedError
 
