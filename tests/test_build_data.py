@@ -102,7 +102,8 @@ def test_tfds_build_finds_each_builder_folder(disfa_manual, tmp_path):
     manual = tmp_path / "right"
     R.write_video(str(manual / "Video_RightCamera" / "RightVideoSN003_Comp.avi"), R.face_frames(3, 6))
     write_labels(str(manual), "SN003", 0, 6)
-    builder = cls(config="right", data_dir=str(tmp_path / "out"), file_format="array_record")
+    builder = cls(config="right", data_dir=str(tmp_path / "out"))  # tfds build passes no file_format
+    assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD  # random access for training
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual)))
     assert builder.builder_config.camera == "right" and builder.info.splits["part3"].num_examples == 1
     clip = builder.as_data_source("part3")[0]
