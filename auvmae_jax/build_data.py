@@ -88,7 +88,4 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
     builder.download_and_prepare(download_config=config)
     splits = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
     log.info("%s\n  clips: %s\n  written to %s", builder.report.summary(), splits, builder.data_dir)
-    if beam_pipeline_options:
-        log.info("(Beam: videos skipped on the workers are in the workers' logs and in the "
-                 "counters auvmae/videos_built and auvmae/videos_skipped)")
     return builder

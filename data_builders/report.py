@@ -41,6 +41,14 @@ class BuildReport:
         self.problems.extend(other.problems)
         self.counts.update(other.counts)
 
+    def to_json(self) -> dict:
+        return {"problems": [[p.path, p.reason] for p in self.problems], "counts": dict(self.counts)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> BuildReport:
+        return cls([Problem(path, reason) for path, reason in d["problems"]],
+                   collections.Counter(d["counts"]))
+
     def summary(self, max_problems: int = 50) -> str:
         """Counts, then every problem (up to `max_problems`, then how many more)."""
         lines = ["build summary:"]

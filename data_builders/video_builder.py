@@ -13,7 +13,8 @@ goes to, and this module does the rest:
   share one preparation);
 - with Apache Beam (a `beam_runner` or `beam_options` in the `DownloadConfig`),
   `_generate_examples` returns a `PTransform` that prepares and cuts each video on
-  the workers; failures there are logged and counted with Beam metrics.
+  the workers; each writes its video's report beside the output, and the builder
+  merges them into `report` once the pipeline has run (and counts Beam metrics).
 
 Records are written by `clips.DeterministicExampleWriter`: a re-run with the same
 inputs and config writes the same bytes.
@@ -22,16 +23,20 @@ inputs and config writes the same bytes.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
 import pickle
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from data_builders import clips, frames
 from data_builders.report import BuildReport
@@ -225,19 +230,41 @@ def _prepare_to_cache(args) -> Prepared:
     return prepare(item, params, path)[0]
 
 
-def _beam_examples(item: VideoItem, params: ClipParams, aug: bool):
-    """Beam worker: prepare one video and yield its clips; a skipped video is logged and counted."""
+def video_report(item: VideoItem, prepared: Prepared) -> BuildReport:
+    """What one prepared video adds to the build report: its problems, skipped or missing frames."""
+    report = BuildReport()
+    report.merge(prepared.report)
+    if prepared.skipped:
+        report.problem(item.source.path, f"skipped: {prepared.skipped}")
+        report.count("videos_skipped")
+        return report
+    report.count("videos_built")
+    if item.numbers is not None:
+        missing = np.setdiff1d(item.numbers, prepared.available)
+        if len(missing):
+            report.problem(item.source.path, f"{len(missing)} labelled frame(s) without image "
+                           f"({_ranges(missing)}): previous image used, valid = 0")
+            report.count("frames_missing", len(missing))
+    return report
+
+
+def _beam_examples(item: VideoItem, params: ClipParams, aug: bool, reports_dir: str):
+    """Beam worker: prepare one video and yield its clips. Its report goes to `reports_dir` (once,
+    from the non-augmented pass), where the builder collects all of them after the pipeline."""
     import apache_beam as beam
 
+    from auvmae_jax import paths
+
     prepared, jpegs = prepare(item, params)
-    for p in prepared.report.problems:
-        log.warning("%s", p)
-    if prepared.skipped:
-        log.warning("%s: skipped: %s", item.source.path, prepared.skipped)
-        beam.metrics.Metrics.counter("auvmae", "videos_skipped").inc()
-        return
-    beam.metrics.Metrics.counter("auvmae", "videos_built").inc()
-    yield from clip_examples(item, jpegs, params, aug)
+    if not aug:
+        report = video_report(item, prepared)
+        for p in report.problems:
+            log.warning("%s", p)
+        name = hashlib.sha1(f"{item.split}/{item.video}/{item.source.path}".encode()).hexdigest()
+        paths.write_json(paths.join(reports_dir, f"{name}.json"), report.to_json())
+        beam.metrics.Metrics.counter("auvmae", "videos_skipped" if prepared.skipped else "videos_built").inc()
+    if not prepared.skipped:
+        yield from clip_examples(item, jpegs, params, aug)
 
 
 # ---------------------------------------------------------------------------- builder
@@ -279,11 +306,23 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         if not self._use_beam:  # beside the output: crops need as much disk as the records
             os.makedirs(self._data_dir_root, exist_ok=True)
             self._cache_dir = tempfile.mkdtemp(prefix=".auvmae_crops_", dir=self._data_dir_root)
+        else:  # where every Beam worker can write (a gs:// data_dir on a cluster)
+            self._reports_dir = os.path.join(self._data_dir_root, f".auvmae_reports_{uuid.uuid4().hex}")
         try:
-            return super()._generate_splits(dl_manager, download_config)
+            split_infos = super()._generate_splits(dl_manager, download_config)
+            if self._use_beam:
+                self._collect_beam_reports()
+            return split_infos
         finally:
             if self._cache_dir:
                 shutil.rmtree(self._cache_dir, ignore_errors=True)
+            if self._use_beam and epath.Path(self._reports_dir).exists():
+                epath.Path(self._reports_dir).rmtree()
+
+    def _collect_beam_reports(self) -> None:
+        """Merge the per-video reports the Beam workers wrote: the summary then counts them too."""
+        for f in sorted(epath.Path(self._reports_dir).glob("*.json")):
+            self.report.merge(BuildReport.from_json(json.loads(f.read_text())))
 
     def _split_generators(self, dl_manager):
         from auvmae_jax.errors import UserError
@@ -312,7 +351,6 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         prepared = self._prepare_all(items, params)
         self._last_use = set()  # cache files no later split reads: deleted once read
         built = [(it, p) for it, p in zip(items, prepared) if p.skipped is None]
-        self.report.count("videos_built", len(built))
         if not built:
             log.warning("%s", self.report.summary())
             raise UserError(f"{manual_dir}: no video could be built ({len(self.report.problems)} "
@@ -340,16 +378,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         else:
             prepared = [_prepare_to_cache(j) for j in jobs]
         for it, p in zip(items, prepared):
-            self.report.merge(p.report)
-            if p.skipped:
-                self.report.problem(it.source.path, f"skipped: {p.skipped}")
-                self.report.count("videos_skipped")
-            elif it.numbers is not None:
-                missing = np.setdiff1d(it.numbers, p.available)
-                if len(missing):
-                    self.report.problem(it.source.path, f"{len(missing)} labelled frame(s) without image "
-                                        f"({_ranges(missing)}): previous image used, valid = 0")
-                    self.report.count("frames_missing", len(missing))
+            self.report.merge(video_report(it, p))
         return prepared
 
     def _generate_examples(self, items, params: ClipParams, aug: bool):
@@ -357,7 +386,8 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         if self._use_beam:
             import apache_beam as beam
 
-            return beam.Create(items) | beam.FlatMap(_beam_examples, params=params, aug=aug)
+            return beam.Create(items) | beam.FlatMap(_beam_examples, params=params, aug=aug,
+                                                     reports_dir=self._reports_dir)
         return self._cached_examples(items, params, aug)
 
     def _cached_examples(self, items, params, aug):

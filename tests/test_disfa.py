@@ -175,3 +175,9 @@ def test_beam_build_matches_the_local_build(built, tmp_path):
             assert (a["video"], a["start_frame"]) == (b["video"], b["start_frame"])
             np.testing.assert_array_equal(a["frames"], b["frames"])
             np.testing.assert_array_equal(a["valid"], b["valid"])
+    def problems(builder):  # the two builds read replicas in different folders
+        return sorted((os.path.basename(p.path), p.reason.replace(os.path.dirname(p.path), ""))
+                      for p in builder.report.problems)
+
+    assert problems(beam) == problems(built)
+    assert beam.report.counts == built.report.counts  # skipped videos, missing frames, built videos

@@ -121,3 +121,7 @@ def test_beam_direct_runner_writes_the_same_clips(manual, vox, tmp_path):
     for a, b in zip(local, remote):
         assert a["video"] == b["video"] and a["start_frame"] == b["start_frame"]
         np.testing.assert_array_equal(a["frames"], b["frames"])
+    # The workers' reports reach the summary: the same problems and counts as the local build.
+    assert sorted(map(str, beam.report.problems)) == sorted(map(str, vox.report.problems))
+    assert beam.report.counts == vox.report.counts
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".auvmae_reports")]
