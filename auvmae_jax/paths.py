@@ -36,10 +36,15 @@ def makedirs(path: str) -> None:
     epath.Path(resolve(path)).mkdir(parents=True, exist_ok=True)
 
 
-def write_text(path: str, text: str) -> None:
+def write_bytes(path: str, data: bytes) -> None:
+    """Write `data` to `path`, creating its parent folders."""
     p = epath.Path(resolve(path))
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(text)
+    p.write_bytes(data)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode())
 
 
 def write_json(path: str, obj: Any, indent: int = 2) -> None:
@@ -53,16 +58,8 @@ def read_json(path: str) -> Any:
 def save_npy(path: str, array: np.ndarray) -> None:
     buf = io.BytesIO()
     np.save(buf, np.asarray(array))
-    p = epath.Path(resolve(path))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(buf.getvalue())
+    write_bytes(path, buf.getvalue())
 
 
 def load_npy(path: str) -> np.ndarray:
     return np.load(io.BytesIO(epath.Path(resolve(path)).read_bytes()))
-
-
-def write_bytes(path: str, data: bytes) -> None:
-    p = epath.Path(resolve(path))
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)

@@ -291,6 +291,18 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
     def _list_videos(self, manual_dir: str, report: BuildReport) -> list[VideoItem]:
         raise NotImplementedError
 
+    def _au_clip_info(self, description: str, homepage: str, **metadata) -> tfds.core.DatasetInfo:
+        """`_info` of a labelled builder: the shared AU clip record schema, its AUs and config."""
+        cfg = self.builder_config
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=description,
+            features=clips.au_clip_features(cfg.clip_length, len(self.aus)),
+            metadata=tfds.core.MetadataDict(aus=list(self.aus), minority_aus=list(self.minority_aus),
+                                            **metadata, config=cfg.as_dict()),
+            homepage=homepage,
+        )
+
     def _example_writer(self):
         return clips.DeterministicExampleWriter(file_format=self.info.file_format)
 

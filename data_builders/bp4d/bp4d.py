@@ -33,7 +33,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import clips, layouts
+from data_builders import layouts
 from data_builders.frames import FrameSource, numbered_images
 from data_builders.report import BuildReport
 from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem
@@ -172,15 +172,7 @@ class Bp4d(VideoClipBuilder):
     minority_aus = MINORITY_AUS
 
     def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=clips.au_clip_features(cfg.clip_length, len(AUS)),
-            metadata=tfds.core.MetadataDict(aus=list(AUS), minority_aus=list(MINORITY_AUS),
-                                            config=cfg.as_dict()),
-            homepage="https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
-        )
+        return self._au_clip_info(__doc__, "https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html")
 
     def _list_videos(self, manual_dir: str, report: BuildReport) -> list[VideoItem]:
         return list_videos(manual_dir, report)

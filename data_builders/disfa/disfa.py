@@ -30,7 +30,7 @@ import re
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_builders import clips, layouts
+from data_builders import layouts
 from data_builders.frames import FrameSource, error_reason
 from data_builders.report import BuildReport
 from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem
@@ -178,15 +178,8 @@ class Disfa(VideoClipBuilder):
     minority_aus = MINORITY_AUS
 
     def _info(self) -> tfds.core.DatasetInfo:
-        cfg = self.builder_config
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=clips.au_clip_features(cfg.clip_length, len(AUS)),
-            metadata=tfds.core.MetadataDict(aus=list(AUS), minority_aus=list(MINORITY_AUS),
-                                            active_intensity=ACTIVE_INTENSITY, config=cfg.as_dict()),
-            homepage="http://mohammadmahoor.com/disfa/",
-        )
+        return self._au_clip_info(__doc__, "http://mohammadmahoor.com/disfa/",
+                                  active_intensity=ACTIVE_INTENSITY)
 
     def _list_videos(self, manual_dir: str, report: BuildReport) -> list[VideoItem]:
         return list_videos(manual_dir, self.builder_config.camera, report)
