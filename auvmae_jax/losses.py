@@ -21,25 +21,31 @@ def normalize_frames(frames: jax.Array, dtype=jnp.float32) -> tuple[jax.Array, j
 
 def tubelet_stats(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-channel mean and unbiased std of tubelets `[..., P*3]` -> two `[..., 1, 3]` arrays."""
-    x = tokens.reshape(*tokens.shape[:-1], -1, 3)
+    x = tokens.reshape(*tokens.shape[:-1], tokens.shape[-1] // 3, 3)
     return x.mean(axis=-2, keepdims=True), jnp.sqrt(x.var(axis=-2, keepdims=True, ddof=1))
 
 
 def normalize_tubelets(tokens: jax.Array) -> jax.Array:
     """`(x - mean) / (std + 1e-6)` per tubelet and channel (VideoMAE's norm_pix_loss)."""
     mean, std = tubelet_stats(tokens)
-    x = tokens.reshape(*tokens.shape[:-1], -1, 3)
+    x = tokens.reshape(*tokens.shape[:-1], tokens.shape[-1] // 3, 3)
     return ((x - mean) / (std + 1e-6)).reshape(tokens.shape)
 
 
-def mae_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool = True) -> jax.Array:
+def mae_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool = True,
+                token_ids: jax.Array | None = None) -> jax.Array:
     """Reconstruction targets `[B, L, kt*p*p*3]` from `[0, 1]` frames `[B, T, H, W, 3]`.
 
     Values are ordered (t, h, w, c) inside a tubelet. With `normalize`, each tubelet
     is standardised per channel over its kt*p*p values with the unbiased variance.
+    `token_ids [B, K]`: only those tubelets, `[B, K, kt*p*p*3]` (the masked ones in
+    pre-training; each is normalised on its own, so nothing else is computed).
     """
-    x = patchify(video01.astype(jnp.float32), tubelet, patch)  # [B, L, P, C]
+    x = patchify(video01, tubelet, patch)  # [B, L, P, C]
     x = x.reshape(x.shape[0], x.shape[1], -1)
+    if token_ids is not None:
+        x = jnp.take_along_axis(x, token_ids[:, :, None], axis=1)
+    x = x.astype(jnp.float32)
     return normalize_tubelets(x) if normalize else x
 
 
@@ -50,7 +56,8 @@ def reconstruction_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
     the same number of masked tokens, so the per-frame mean then the mean over
     frames equals this plain mean.
     """
-    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+    sq = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))
+    return jnp.sum(sq) / max(sq.size, 1)  # 0 when nothing is masked
 
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, valid: jax.Array, weights: jax.Array) -> jax.Array:

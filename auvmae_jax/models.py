@@ -212,11 +212,15 @@ class Encoder(nn.Module):
         b, t, h, w, _ = video.shape
         tt, hp, wp = cfg.grid(t, h, w)
         x = patchify(video, cfg.tubelet_size, cfg.patch_size).reshape(b, tt * hp * wp, -1)
+        pos = jnp.asarray(sincos_table(tt * hp * wp, cfg.width))
+        if visible is None:
+            pos = pos[None]
+        else:  # embed only the visible tubelets: each tubelet's embedding is its own linear map
+            ids = masking.tube_token_ids(visible, tt, hp * wp)
+            x, pos = masking.gather_tokens(x, ids), pos[ids]
         x = nn.Dense(cfg.width, dtype=cfg.dtype, kernel_init=_dense_init(("patch", "embed")),
                      bias_init=_zeros(("embed",)), name="patch_embed")(x)
-        x = x + sincos_table(tt * hp * wp, cfg.width).astype(x.dtype)[None]
-        if visible is not None:
-            x = masking.gather_tokens(x, masking.tube_token_ids(visible, tt, hp * wp))
+        x = x + pos.astype(x.dtype)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = _stack(cfg, x, cfg.width, cfg.heads, cfg.depth, cfg.drop_path, deterministic, "block")
         if cfg.final_norm:
@@ -238,16 +242,14 @@ class Decoder(nn.Module):
                  grid: tuple[int, int, int], deterministic: bool = True) -> jax.Array:
         cfg = self.cfg
         tt, hp, wp = grid
-        b = tokens.shape[0]
         x = nn.Dense(cfg.dec_width, use_bias=False, dtype=cfg.dtype,
                      kernel_init=_dense_init(("embed", "dec_embed")), name="encoder_to_decoder")(tokens)
-        length = tt * hp * wp
-        pos = jnp.broadcast_to(sincos_table(length, cfg.dec_width)[None], (b, length, cfg.dec_width))
+        pos = jnp.asarray(sincos_table(tt * hp * wp, cfg.dec_width)).astype(x.dtype)
         masked_ids = masking.tube_token_ids(masked, tt, hp * wp)
         mask_token = self.param("mask_token", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, None, "dec_embed")), (1, 1, cfg.dec_width))
-        x_vis = x + masking.gather_tokens(pos, masking.tube_token_ids(visible, tt, hp * wp)).astype(x.dtype)
-        x_msk = mask_token.astype(x.dtype) + masking.gather_tokens(pos, masked_ids).astype(x.dtype)
+        x_vis = x + pos[masking.tube_token_ids(visible, tt, hp * wp)]
+        x_msk = mask_token.astype(x.dtype) + pos[masked_ids]
         x = jnp.concatenate([x_vis, x_msk], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = _stack(cfg, x, cfg.dec_width, cfg.dec_heads, cfg.dec_depth, 0.0, deterministic, "block")

@@ -30,8 +30,8 @@ def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_
     visible, masked = masking.tube_mask(mask_key, x.shape[0], hp * wp, mask_ratio)
     pred = model.apply({"params": params}, x, visible, masked, deterministic=False,
                        rngs={"dropout": drop_key})
-    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix)
-    target = masking.gather_tokens(target, masking.tube_token_ids(masked, tt, hp * wp))
+    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix,
+                                masking.tube_token_ids(masked, tt, hp * wp))
     return losses.reconstruction_loss(pred, target), {}
 
 

@@ -1,7 +1,7 @@
 """Jitted train and inference steps of the real model, timed on synthetic device batches.
 
-Imports only the model, losses, masking, sharding and the trainer (no grain, TFDS or
-ml_collections), so it runs wherever jax, flax, optax and orbax are installed.
+The steps are the training tasks' own: `pretrain.pretrain_loss` and
+`finetune.finetune_loss` (eq. 9 at video level) under `trainer.train_step`.
 Timing: the step is compiled ahead (compile time reported apart), run `warmup`
 times, then `steps` times back to back with the train state donated, and the
 clock stops at `block_until_ready` on the outputs; the figure is the mean step.
@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from auvmae_jax import knowledge, losses, masking, sharding, trainer
+from auvmae_jax import finetune, knowledge, losses, masking, pretrain, sharding, trainer
 from auvmae_jax.models import AUDetector, Encoder, VideoMAE, ViTConfig
 
 # Dense bf16 peak of one device, FLOP/s, by a substring of `device.device_kind`.
@@ -75,39 +75,11 @@ def optimizer_config() -> types.SimpleNamespace:
                                  min_lr=1e-6, grad_clip=0.0)
 
 
-def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float):
-    """`pretrain.pretrain_loss` (which imports the grain pipeline), restated with its parts.
-
-    At mask ratio 0 nothing is predicted; the loss is then 0 and only the cost counts.
-    """
-    cfg = model.cfg
-    x01, x = losses.normalize_frames(batch["frames"], cfg.dtype)
-    tt, hp, wp = cfg.grid(*x.shape[1:4])
-    visible, masked = masking.tube_mask(rng, x.shape[0], hp * wp, mask_ratio)
-    pred = model.apply({"params": params}, x, visible, masked)
-    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, True)
-    target = masking.gather_tokens(target, masking.tube_token_ids(masked, tt, hp * wp))
-    if masked.shape[1] == 0:
-        return jnp.sum(pred.astype(jnp.float32)), {}
-    return losses.reconstruction_loss(pred, target), {}
-
-
-def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, priors: dict):
-    """Eq. 9 at video level: weighted BCE + 0.01 intra + 0.01 inter knowledge terms."""
-    _, x = losses.normalize_frames(batch["frames"], model.cfg.dtype)
-    logits = model.apply({"params": params}, x)
-    probs = jax.nn.sigmoid(logits)
-    cls = losses.weighted_bce(logits, batch["labels"], batch["valid"], priors["weights"])
-    intra = knowledge.intra_loss(priors["intra"], knowledge.learned_intra(probs, batch["valid"]))
-    inter = knowledge.inter_loss(priors["inter"], knowledge.learned_inter(probs, batch["valid"]))
-    return cls + 0.01 * intra + 0.01 * inter, {}
-
-
-def _priors(rng: np.random.Generator, labels: np.ndarray) -> dict:
+def _priors(labels: np.ndarray) -> dict:
     flat = labels.reshape(-1, NUM_CLASSES)
-    return {"weights": jnp.asarray(knowledge.class_weights(flat)),
-            "intra": jnp.asarray(knowledge.intra_prior(flat)),
-            "inter": jnp.asarray(knowledge.inter_prior(labels))}
+    return {"class_weights": jnp.asarray(knowledge.class_weights(flat)),
+            "intra_prior": jnp.asarray(knowledge.intra_prior(flat)),
+            "inter_prior": jnp.asarray(knowledge.inter_prior(labels))}
 
 
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
@@ -133,12 +105,16 @@ def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
         _, hp, wp = cfg.grid(t, s)
         n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
         init_inputs = (video, jnp.zeros((1, hp * wp - n_mask), jnp.int32), jnp.zeros((1, n_mask), jnp.int32))
-        loss_fn = functools.partial(pretrain_loss, model=model, mask_ratio=setup.mask_ratio)
-    else:
+        # At mask ratio 0 nothing is predicted: the loss is 0 and only the cost counts.
+        loss_fn = functools.partial(pretrain.pretrain_loss, model=model, mask_ratio=setup.mask_ratio,
+                                    norm_pix=True)
+    else:  # eq. 9 at video level with the default lambdas
         model = AUDetector(cfg, NUM_CLASSES)
         init_inputs = (video,)
-        loss_fn = functools.partial(finetune_loss, model=model, priors=_priors(rng, host.get(
-            "labels", np.zeros((1, t, NUM_CLASSES), np.uint8))))
+        priors = _priors(host.get("labels", np.zeros((1, t, NUM_CLASSES), np.uint8)))
+        loss_fn = functools.partial(finetune.finetune_loss, model=model, priors=priors,
+                                    level=finetune.Level("video", t, 1, 0.0), lambdas=(1.0, 0.01, 0.01),
+                                    kind="fro")
     opt = optimizer_config()
     tx = trainer.make_optimizer(opt, trainer.learning_rate_schedule(opt, setup.batch, 1000, 100))
     task = trainer.Task(model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=None,
@@ -196,15 +172,16 @@ def model_flops(setup: Setup) -> float:
     cfg = setup.model_config()
     tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
     b, tokens, patch = setup.batch, tt * hp * wp, cfg.tubelet_size * cfg.patch_size**2 * 3
-    fwd = 2 * b * tokens * patch * cfg.width  # tubelet embedding of every token
     if setup.task == "pretrain":
         n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
         visible, masked = tt * (hp * wp - n_mask), tt * n_mask
+        fwd = 2 * b * visible * patch * cfg.width  # only the visible tubelets are embedded
         fwd += _blocks_flops(b, visible, cfg.width, cfg.depth, cfg.mlp_ratio)
         fwd += 2 * b * visible * cfg.width * cfg.dec_width
         fwd += _blocks_flops(b, tokens, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
         fwd += 2 * b * masked * cfg.dec_width * patch
     else:
+        fwd = 2 * b * tokens * patch * cfg.width
         fwd += _blocks_flops(b, tokens, cfg.width, cfg.depth, cfg.mlp_ratio)
         fwd += 2 * b * tt * cfg.width * NUM_CLASSES * cfg.tubelet_size
     return fwd if setup.task == "infer" else 3 * fwd

@@ -83,6 +83,23 @@ def test_encoder_ignores_masked_pixels():
     assert not np.allclose(model.apply(params, video + (1 - pix), visible), out, atol=1e-3)
 
 
+def test_visible_tubelets_are_embedded_as_the_full_clip_then_dropped():
+    """SPEC §5: positions added to all tokens, masked ones dropped; embedding only the visible
+    tubelets (what the encoder does) gives exactly those tokens."""
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8, depth=0, final_norm=False))
+    model = Encoder(cfg)
+    video = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)), jnp.float32)
+    visible, _ = masking.tube_mask(jax.random.key(1), 2, 16, 0.75)
+    params = model.init(jax.random.key(0), video)
+    every = model.apply(params, video)  # [2, 32, D]: embedding + positions of all tokens
+    kernel, bias = params["params"]["patch_embed"]["kernel"], params["params"]["patch_embed"]["bias"]
+    by_hand = patchify(video, 2, 8).reshape(2, 32, -1) @ nn.meta.unbox(kernel) + nn.meta.unbox(bias)
+    np.testing.assert_allclose(every, by_hand + sincos_table(32, cfg.width), rtol=1e-5, atol=1e-5)
+    ids = masking.tube_token_ids(visible, 2, 16)
+    np.testing.assert_allclose(model.apply(params, video, visible), masking.gather_tokens(every, ids),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_unknown_model_key_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown model config keys.*widht"):
         ViTConfig.from_config(dict(preset="B", widht=3))
