@@ -242,7 +242,8 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
     model = build_model(config, len(aus))
     data = input_pipeline.make_dataset(train_source, sampler(config, train=True),
                                        batch_size=config.batch_size, seed=config.seed,
-                                       worker_count=config.data.worker_count)
+                                       worker_count=config.data.worker_count,
+                                       read_threads=config.data.read_threads)
     s = config.data.image_size
     init_inputs = (jnp.zeros((1, level.num_frames, s, s, 3), jnp.float32),)
     if level.mask_ratio > 0:

@@ -26,6 +26,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=224, help="stored and sampled frame size")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
+    p.add_argument("--read_threads", type=int, default=16, help="threads per reading process")
     p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "auvmae_bench_tfds"))
     p.add_argument("--model_results", default="", help="bench_steps JSON lines to compare with")
     p.add_argument("--quick", action="store_true", help="CPU smoke size: 32px frames, 4 frames, batch 4")
@@ -74,19 +75,24 @@ def main(argv=None) -> int:
     results = []
     for workers in [int(w) for w in args.workers.split(",")]:
         ds = input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
-                                         worker_count=workers)
+                                         worker_count=workers, read_threads=args.read_threads)
         it = iter(ds)
-        next(it)  # start-up (worker processes) excluded
+        # Up to `ahead` batches are made ahead of the consumer: start-up (worker processes) and
+        # twice that are not timed, and the timed run is at least that long (a steady rate).
+        ahead = (args.read_threads + 1) * max(workers, 1)
+        for _ in range(2 * ahead):
+            next(it)
+        timed = max(args.batches, ahead)
         start = time.perf_counter()
-        for _ in range(args.batches):
+        for _ in range(timed):
             batch = next(it)
         seconds = time.perf_counter() - start
-        rate = args.batches * args.batch / seconds
-        r = {"workers": workers, "clips_per_s": round(rate, 2), "frames": args.frames,
+        rate = timed * args.batch / seconds
+        r = {"workers": workers, "read_threads": args.read_threads, "clips_per_s": round(rate, 2), "frames": args.frames,
              "image_size": args.image_size, "batch": args.batch, "cpus": os.cpu_count(),
              "shape": list(batch["frames"].shape)}
         results.append(r)
-        print(f"input pipeline: {workers} workers: {rate:.1f} clips/s "
+        print(f"input pipeline: {workers} workers x {args.read_threads} threads: {rate:.1f} clips/s "
               f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
         print("RESULT " + json.dumps(r), flush=True)
         del it

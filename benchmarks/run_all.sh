@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The benchmark set on one GPU, 8-9 minutes on an H100 (compiles take most of it);
-# no network needed.
+# The benchmark set on one GPU, 8-9 minutes on an H100 for parts 1-5 (compiles take
+# most of it), about 3 more for the step profile (part 7); no network needed.
 #
 #   OUT=/some/dir benchmarks/run_all.sh          # default OUT: ./bench_out
 #   PARTS="1 2" benchmarks/run_all.sh            # only some parts (default: all)
+#   QUICK=1 PRESET=mini benchmarks/run_all.sh     # CPU smoke sizes: checks the script, not figures
 #
 # Writes $OUT/log.txt (everything printed), $OUT/steps.jsonl, $OUT/hf.jsonl and
-# $OUT/input.jsonl (one JSON object per measurement). Each part has a time limit so
+# $OUT/input.jsonl, $OUT/profile.jsonl (one JSON object per measurement) and the
+# profiler trace of ViT-B pre-training steps under $OUT/trace. Each part has a time limit so
 # that one slow part cannot eat the others; a part that fails is reported and skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./bench_out}"
-PARTS="${PARTS:-1 2 3 4 5}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
+PARTS="${PARTS:-1 2 3 4 5 7}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
+PRESET="${PRESET:-B}"  # the model of parts 1, 2, 3 and 7
+Q="${QUICK:+--quick}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 source launch/xla_gpu_flags.sh
 LOG="$OUT/log.txt"
@@ -29,17 +33,23 @@ part() {  # part NUMBER SECONDS MODULE ARGS...
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee -a "$LOG"
-STEPS="benchmarks.bench_steps --steps=10 --out=$OUT/steps.jsonl"
+STEPS="benchmarks.bench_steps --steps=10 --out=$OUT/steps.jsonl $Q"
 # Each setup costs 40-60 s (process start, sharded init, XLA compile), its timed steps a second.
 # 1. Headline: ViT-B, 16 frames: pre-training at mask 0.9 and 0.0, fine-tuning, inference.
-part 1 230 $STEPS --presets=B --frames=16
+part 1 230 $STEPS --presets=$PRESET --frames=16
 # 2. PyTorch transformers VideoMAE on the same preset, batch and device.
-part 2 150 benchmarks.bench_hf --preset=B --frames=16 --batch=32 --out="$OUT/hf.jsonl"
+part 2 150 benchmarks.bench_hf --preset=$PRESET --frames=16 --batch=32 --out="$OUT/hf.jsonl" $Q
 # 3. The paper's fine-tuning clip length (same tokens per batch: 4 clips).
-part 3 80 $STEPS --presets=B --frames=128 --tasks=finetune
+part 3 80 $STEPS --presets=$PRESET --frames=128 --tasks=finetune
 # 4. A smaller preset (S: run with PARTS=6 when there is time).
 part 4 60 $STEPS --presets=tiny --frames=16 --tasks=pretrain --mask_ratios=0.9
 part 6 200 $STEPS --presets=S --frames=16,32,128 --tasks=pretrain,finetune --mask_ratios=0.9
 # 5. The input pipeline beside the model's consumption (skips where grain/TFDS are missing).
-part 5 60 benchmarks.bench_input --workers=0,4,8,16 --model_results="$OUT/steps.jsonl" --out="$OUT/input.jsonl"
+part 5 60 benchmarks.bench_input --workers=0,4,8,16 --model_results="$OUT/steps.jsonl" --out="$OUT/input.jsonl" $Q
+# 7. Where the ViT-B pre-training and fine-tuning steps spend their time: parts timed
+#    apart, and a profiler trace summed per op.
+part 7 240 benchmarks.profile_step --task=pretrain --preset=$PRESET --frames=16 --batch=32 \
+  --trace_dir="$OUT/trace" --out="$OUT/profile.jsonl" $Q
+part 7 150 benchmarks.profile_step --task=finetune --preset=$PRESET --frames=16 --batch=32 \
+  --out="$OUT/profile.jsonl" $Q
 echo "== $(date -u +%H:%M:%S) done; results in $OUT" | tee -a "$LOG"

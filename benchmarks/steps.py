@@ -91,11 +91,23 @@ def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
     return batch
 
 
-def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
-    """(jitted function, its arguments, facts) for `setup`, inside mesh and rules."""
+@dataclasses.dataclass
+class Prepared:
+    """The pieces of one setup's step: model, loss, optimizer, sharded state and batch."""
+
+    model: Any
+    loss_fn: Any
+    tx: Any
+    state: trainer.TrainState
+    shardings: trainer.TrainState
+    batch: dict
+    batch_sharding: Any
+
+
+def prepare(setup: Setup, mesh, rules) -> Prepared:
+    """Model, the task's own loss, AdamW, initialised state and a device batch for `setup`."""
     cfg = setup.model_config()
-    rng = np.random.default_rng(0)
-    host = _host_batch(setup, rng)
+    host = _host_batch(setup, np.random.default_rng(0))
     batch_sharding = sharding.batch_sharding(mesh, rules)
     batch = sharding.host_batch_to_global(host, batch_sharding)
     s, t = setup.image_size, setup.frames
@@ -120,17 +132,29 @@ def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
     task = trainer.Task(model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=None,
                         steps_per_epoch=100)
     state, shardings = trainer.init_state(task, tx, mesh, rules, seed=0)
-    if setup.task == "infer":  # per-frame AU logits of full clips, as the evaluator runs them
-        def infer(params, batch):
-            return model.apply({"params": params}, losses.normalize_frames(batch["frames"], cfg.dtype)[1])
+    return Prepared(model, loss_fn, tx, state, shardings, batch, batch_sharding)
 
-        fn = jax.jit(infer, in_shardings=(shardings.params, batch_sharding))
-        return fn, (state.params, batch), {"donated": False}
-    fn = jax.jit(functools.partial(trainer.train_step, loss_fn=loss_fn, tx=tx, base_key=jax.random.key(1),
-                                   accum_steps=1, batch_spec=None),
-                 in_shardings=(shardings, batch_sharding),
-                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return fn, (state, batch), {"donated": True}
+
+def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
+    """(jitted function, its arguments, facts) for `setup`, inside mesh and rules."""
+    p = prepare(setup, mesh, rules)
+    if setup.task == "infer":  # per-frame AU logits of full clips, as the evaluator runs them
+        dtype = setup.model_config().dtype
+
+        def infer(params, batch):
+            return p.model.apply({"params": params}, losses.normalize_frames(batch["frames"], dtype)[1])
+
+        fn = jax.jit(infer, in_shardings=(p.shardings.params, p.batch_sharding))
+        return fn, (p.state.params, p.batch), {"donated": False}
+    fn = jax.jit(train_step_fn(p), in_shardings=(p.shardings, p.batch_sharding),
+                 out_shardings=(p.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+    return fn, (p.state, p.batch), {"donated": True}
+
+
+def train_step_fn(p: Prepared):
+    """The trainer's step (forward, backward, AdamW) with this setup's loss."""
+    return functools.partial(trainer.train_step, loss_fn=p.loss_fn, tx=p.tx, base_key=jax.random.key(1),
+                             accum_steps=1, batch_spec=None)
 
 
 def encoder_inference(cfg: ViTConfig, params, frames: jax.Array):
@@ -164,26 +188,36 @@ def _blocks_flops(batch: int, tokens: int, width: int, depth: int, mlp_ratio: fl
     return batch * depth * (dense + attention)
 
 
+def forward_flops(setup: Setup) -> dict[str, float]:
+    """Forward matmul FLOPs of one batch by part, counted from the architecture.
+
+    Pre-training: `embed` (the visible tubelets only), `encoder` (its blocks over the
+    visible tokens), `decoder` (encoder-to-decoder projection, blocks over all tokens,
+    pixel head over the masked ones). Fine-tuning and inference: `embed` (every
+    tubelet), `encoder`, `head` (per-frame AU logits).
+    """
+    cfg = setup.model_config()
+    tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
+    b, tokens, patch = setup.batch, tt * hp * wp, cfg.tubelet_size * cfg.patch_size**2 * 3
+    if setup.task != "pretrain":
+        return {"embed": 2 * b * tokens * patch * cfg.width,
+                "encoder": _blocks_flops(b, tokens, cfg.width, cfg.depth, cfg.mlp_ratio),
+                "head": 2 * b * tt * cfg.width * NUM_CLASSES * cfg.tubelet_size}
+    n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
+    visible, masked = tt * (hp * wp - n_mask), tt * n_mask
+    return {"embed": 2 * b * visible * patch * cfg.width,
+            "encoder": _blocks_flops(b, visible, cfg.width, cfg.depth, cfg.mlp_ratio),
+            "decoder": (2 * b * visible * cfg.width * cfg.dec_width
+                        + _blocks_flops(b, tokens, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
+                        + 2 * b * masked * cfg.dec_width * patch)}
+
+
 def model_flops(setup: Setup) -> float:
     """Matmul FLOPs of one step counted from the architecture (backward = 2 x forward).
 
     The MFU convention: rematerialised recomputation is not counted.
     """
-    cfg = setup.model_config()
-    tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
-    b, tokens, patch = setup.batch, tt * hp * wp, cfg.tubelet_size * cfg.patch_size**2 * 3
-    if setup.task == "pretrain":
-        n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
-        visible, masked = tt * (hp * wp - n_mask), tt * n_mask
-        fwd = 2 * b * visible * patch * cfg.width  # only the visible tubelets are embedded
-        fwd += _blocks_flops(b, visible, cfg.width, cfg.depth, cfg.mlp_ratio)
-        fwd += 2 * b * visible * cfg.width * cfg.dec_width
-        fwd += _blocks_flops(b, tokens, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
-        fwd += 2 * b * masked * cfg.dec_width * patch
-    else:
-        fwd = 2 * b * tokens * patch * cfg.width
-        fwd += _blocks_flops(b, tokens, cfg.width, cfg.depth, cfg.mlp_ratio)
-        fwd += 2 * b * tt * cfg.width * NUM_CLASSES * cfg.tubelet_size
+    fwd = sum(forward_flops(setup).values())
     return fwd if setup.task == "infer" else 3 * fwd
 
 

@@ -20,6 +20,7 @@ def data_config() -> ml_collections.ConfigDict:
         crop_ratio=(3 / 4, 4 / 3),
         flip=True,
         worker_count=0,  # grain worker processes decoding JPEGs (0: in the main process)
+        read_threads=16,  # threads per reading process, each making one batch (bounds the buffer)
     ))
 
 

@@ -101,3 +101,34 @@ def test_input_benchmark_times_the_pipeline(tmp_path):
                          f"--data_dir={tmp_path / 'tfds'}")
     assert len(results) == 1 and results[0]["workers"] == 0 and results[0]["clips_per_s"] > 0
     assert results[0]["shape"] == [4, 4, 32, 32, 3]
+
+
+def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):
+    out = tmp_path / "profile.jsonl"
+    text, results = _run("benchmarks.profile_step", "--preset=mini", "--frames=4", "--quick",
+                         f"--trace_dir={tmp_path / 'trace'}", "--trace_steps=2", f"--out={out}")
+    (r,) = results
+    ms = {p["part"]: p["ms"] for p in r["parts"]}
+    assert list(ms) == ["inputs", "embed + encoder forward", "decoder forward + loss", "forward (loss)",
+                        "forward + backward", "AdamW update", "train step", "backward (derived)",
+                        "rest of the step (derived)"]
+    assert all(ms[k] > 0 for k in list(ms)[:7])
+    assert ms["forward + backward"] > ms["forward (loss)"]
+    backward = ms["forward + backward"] - ms["forward (loss)"]
+    assert ms["backward (derived)"] == pytest.approx(backward, abs=2e-3)
+    step = [p for p in r["parts"] if p["part"] == "train step"][0]
+    assert step["share"] == 1.0 and step["tflop_per_s"] > 0
+    assert r["trace"]["ms_per_step"] > 0 and r["trace"]["ops"] and "forward + backward" in text
+    assert json.loads(out.read_text())["parts"] == r["parts"]
+
+
+def test_trace_self_times_subtract_enclosed_events():
+    from collections import namedtuple
+
+    from benchmarks.profile_step import _self_times
+
+    Event = namedtuple("Event", "name start_ns duration_ns")
+    events = [Event("child", 2, 3), Event("parent", 0, 10), Event("grandchild", 3, 1), Event("next", 10, 4),
+              Event("child2", 6, 1)]
+    assert sorted(_self_times(events)) == sorted([("parent", 6), ("child", 2), ("grandchild", 1),
+                                                  ("child2", 1), ("next", 4)])

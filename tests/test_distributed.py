@@ -179,3 +179,32 @@ def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir,
     assert p1.files == p2.files and len(p1.files) > 20
     for k in p1.files:
         np.testing.assert_allclose(p1[k], p2[k], rtol=1e-4, atol=1e-6, err_msg=k)
+
+
+def test_gpu_node_launcher_starts_a_two_process_run(synthetic_data_dir, tmp_path):
+    """`launch/gpu_node.sh` as its header says to run it, once per "node" (2 processes x 2 CPU
+    devices on loopback; its GPU XLA flags are accepted on CPU): they join and train together."""
+    from tests.conftest import TINY_SYNTHETIC
+
+    work = tmp_path / "run"
+    overrides = [f"--config.data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()] + [
+        f"--config.data.data_dir={synthetic_data_dir}", "--config.data.num_frames=4",
+        "--config.data.image_size=32", "--config.model.patch_size=8", "--config.model.dtype=float32",
+        "--config.mask_ratio=0.75", "--config.batch_size=8", "--config.num_train_steps=4",
+        "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_every=1000",
+        "--config.prefetch_to_device=1"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+                COORDINATOR=f"127.0.0.1:{_free_port()}", NUM_NODES="2",
+                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    procs = [subprocess.Popen(["bash", "launch/gpu_node.sh", "pretrain", "--config=configs/pretrain.py:mini",
+                               f"--workdir={work}", *overrides], env=dict(base, NODE_RANK=str(rank)),
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    for rank, (_, err) in enumerate(outputs):
+        assert f"jax.distributed: process {rank} of 2" in err, err[-3000:]
+        assert f"process {rank}/2" in err and "2 local of 4 devices" in err
+    assert sorted(os.listdir(work / "checkpoints")) == ["2", "4"]

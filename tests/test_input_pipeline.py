@@ -111,3 +111,25 @@ def test_iterator_state_round_trips_through_json(workers):
     fresh.set_state(state)
     for want in expected:
         np.testing.assert_array_equal(next(fresh)["frames"], want)
+
+
+def test_reading_ahead_is_bounded_by_read_threads():
+    """At most `read_threads` batches are made ahead of the consumer (grain alone buffers 500)."""
+    import time
+
+    reads = []
+
+    class Logged(list):
+        def __getitem__(self, i):
+            reads.append(i)
+            return super().__getitem__(i)
+
+    records = Logged(_record() for _ in range(64))
+    sampler = ClipSampler(num_frames=2, temporal_stride=1, image_size=8, train=True)
+    it = iter(input_pipeline.make_dataset(records, sampler, batch_size=2, seed=0, read_threads=3))
+    next(it)
+    time.sleep(0.5)  # time enough for the threads to run far ahead if nothing held them
+    assert 2 < len(reads) <= (1 + 3) * 2  # the batch taken + 3 ready or in flight, 2 clips each
+    next(it)
+    time.sleep(0.2)
+    assert len(reads) <= (2 + 3) * 2

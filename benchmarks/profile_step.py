@@ -1,0 +1,262 @@
+"""Where a training step's time goes: its parts timed one by one, and a profiler trace.
+
+    python -m benchmarks.profile_step --preset=B --frames=16 --batch=32 --trace_dir=bench_out/trace
+    python -m benchmarks.profile_step --task=finetune --preset=B --frames=16 --batch=32
+    python -m benchmarks.profile_step --preset=tiny --quick          # seconds, on a CPU
+
+Each part is its own jitted function over the same device batch and parameters,
+timed like `steps.time_steps` (compiled ahead, warm-up calls, mean of `--steps`):
+
+- inputs: uint8 frames -> normalised frames, tube masks, pixel targets (pre-training);
+- embed + encoder forward; decoder forward + loss (pre-training, from the encoder's
+  tokens); the whole forward (the task's loss);
+- forward + backward (`value_and_grad` of the loss); the AdamW update alone;
+- the full train step (donated state), as `bench_steps` times it.
+
+Derived rows: backward = (forward + backward) - forward; "rest of the step" =
+step - (forward + backward) - update (fusion across parts and the metrics make it
+differ from 0 either way). Parts with a matmul count print TFLOP/s and MFU, so the
+slow part shows itself. With `--trace_dir`, `--trace_steps` full steps run under
+`jax.profiler.trace` (TensorBoard's profile plugin or Perfetto open it) and the
+trace's device time is summed per op name: the top ops and the shares of matmul,
+attention and everything else (elementwise fusions, reductions, copies).
+Results also go to `--out` as one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import glob
+import json
+import os
+import re
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from auvmae_jax import losses, masking, sharding
+from auvmae_jax.models import Encoder
+from benchmarks import steps as bench
+
+
+def parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", default="pretrain", choices=("pretrain", "finetune"))
+    p.add_argument("--preset", default="B")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--remat", action="store_true")
+    p.add_argument("--attention_impl", default=None)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--trace_dir", default="", help="write a jax.profiler trace of full steps here")
+    p.add_argument("--trace_steps", type=int, default=3)
+    p.add_argument("--top", type=int, default=15, help="ops listed from the trace")
+    p.add_argument("--quick", action="store_true", help="CPU smoke size: 64x64 frames, batch 2, 2 steps")
+    p.add_argument("--out", default="", help="append a JSON line here")
+    return p.parse_args(argv)
+
+
+def part_functions(setup: bench.Setup, p: bench.Prepared) -> dict[str, tuple]:
+    """{part name: (function, arguments, donated)}; all share `p`'s parameters and batch."""
+    cfg = setup.model_config()
+    params, batch, rng = p.state.params, p.batch, jax.random.key(1)
+    grads = jax.tree.map(jnp.zeros_like, params)
+
+    def update(state, grads):
+        updates, opt_state = p.tx.update(grads, state.opt_state, state.params)
+        return optax.apply_updates(state.params, updates), opt_state
+
+    out = {}
+    if setup.task == "pretrain":
+        tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
+
+        def inputs(batch, rng):
+            x01, x = losses.normalize_frames(batch["frames"], cfg.dtype)
+            visible, masked = masking.tube_mask(rng, x.shape[0], hp * wp, setup.mask_ratio)
+            target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, True,
+                                        masking.tube_token_ids(masked, tt, hp * wp))
+            return x, visible, masked, target
+
+        x, visible, masked, target = jax.jit(inputs)(batch, rng)
+        tokens = jax.jit(lambda q, x, v: Encoder(cfg).apply({"params": q}, x, v))(
+            params["encoder"], x, visible)
+
+        def decoder(params, tokens, visible, masked, target):
+            pred = p.model.apply({"params": params}, tokens, visible, masked, (tt, hp, wp),
+                                 method=lambda m, *a: m.decoder(*a))
+            return losses.reconstruction_loss(pred, target)
+
+        out["inputs"] = (inputs, (batch, rng), False)
+        out["embed + encoder forward"] = (lambda q, x, v: Encoder(cfg).apply({"params": q}, x, v),
+                                          (params["encoder"], x, visible), False)
+        out["decoder forward + loss"] = (decoder, (params, tokens, visible, masked, target), False)
+    else:
+        x = jax.jit(lambda b: losses.normalize_frames(b["frames"], cfg.dtype)[1])(batch)
+        out["inputs"] = (lambda b: losses.normalize_frames(b["frames"], cfg.dtype)[1], (batch,), False)
+        out["embed + encoder forward"] = (lambda q, x: Encoder(cfg).apply({"params": q}, x),
+                                          (params["encoder"], x), False)
+    out["forward (loss)"] = (lambda q, b, r: p.loss_fn(q, b, r)[0], (params, batch, rng), False)
+    grad_fn = jax.value_and_grad(p.loss_fn, has_aux=True)
+    out["forward + backward"] = (lambda q, b, r: grad_fn(q, b, r)[1], (params, batch, rng), False)
+    out["AdamW update"] = (update, (p.state, grads), False)
+    out["train step"] = (bench.train_step_fn(p), (p.state, batch), True)
+    return out
+
+
+def time_parts(setup: bench.Setup, mesh, steps: int, warmup: int) -> tuple[dict[str, float], bench.Prepared]:
+    """Mean milliseconds of each part of `setup`'s step."""
+    rules = sharding.DEFAULT_RULES
+    times = {}
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        p = bench.prepare(setup, mesh, rules)
+        for name, (fn, args, donated) in part_functions(setup, p).items():
+            if donated:  # the state is donated: run on a copy, keep `p.state` for the trace
+                args = (jax.tree.map(jnp.copy, args[0]), *args[1:])
+            compiled = jax.jit(fn, donate_argnums=(0,) if donated else ()).lower(*args).compile()
+            seconds, _ = bench.time_steps(compiled, args, donated, steps, warmup)
+            times[name] = seconds * 1e3
+    return times, p
+
+
+def table(setup: bench.Setup, times: dict[str, float]) -> list[dict]:
+    """Rows (part, ms, share of the step, TFLOP/s, MFU) including the derived ones."""
+    rows = dict(times)
+    rows["backward (derived)"] = times["forward + backward"] - times["forward (loss)"]
+    rows["rest of the step (derived)"] = (times["train step"] - times["forward + backward"]
+                                          - times["AdamW update"])
+    fwd = bench.forward_flops(setup)
+    flops = {"embed + encoder forward": fwd["embed"] + fwd["encoder"],
+             "decoder forward + loss": fwd.get("decoder"),
+             "forward (loss)": sum(fwd.values()),
+             "backward (derived)": 2 * sum(fwd.values()),
+             "forward + backward": 3 * sum(fwd.values()),
+             "train step": bench.model_flops(setup)}
+    peak, _ = bench.device_peak()
+    peak = peak * jax.device_count() if peak else None
+    out = []
+    for name, ms in rows.items():
+        f = flops.get(name)
+        tflops = f / (ms * 1e-3) / 1e12 if f and ms > 0 else None
+        out.append({"part": name, "ms": round(ms, 3), "share": round(ms / times["train step"], 4),
+                    "tflop_per_s": None if tflops is None else round(tflops, 3),
+                    "mfu": None if tflops is None or peak is None else round(tflops * 1e12 / peak, 4)})
+    return out
+
+
+# Op or kernel names by kind, for the trace summary (cuBLAS/cuDNN/XLA kernel names on GPU,
+# HLO op names on TPU and CPU).
+KINDS = (("attention", re.compile(r"sdpa|fmha|flash|attention|softmax", re.I)),
+         ("matmul", re.compile(r"gemm|matmul|nvjet|xmma|cutlass|cublas|dot|conv", re.I)))
+SKIPPED_LINES = ("XLA Modules", "Steps", "Framework", "Source", "TraceMe", "python")
+NOT_OPS = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|end: )")  # CPU runtime waits and markers
+
+
+def summarise_trace(trace_dir: str, num_steps: int) -> dict:
+    """Device time per op name (ms per step) from the newest `.xplane.pb` under `trace_dir`.
+
+    Device planes (`/device:...`) where there are any: their "XLA Ops" line when present,
+    else their kernel (stream) lines; on a CPU-only trace, the XLA client's threads.
+    """
+    files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                   key=os.path.getmtime)
+    if not files:
+        raise FileNotFoundError(f"no .xplane.pb trace under {trace_dir}")
+    data = jax.profiler.ProfileData.from_file(files[-1])
+    planes = [pl for pl in data.planes if pl.name.startswith("/device:")]
+    if not planes:
+        planes = [pl for pl in data.planes if pl.name.startswith("/host:CPU")]
+    per_op: collections.Counter = collections.Counter()
+    for plane in planes:
+        lines = list(plane.lines)
+        ops = [ln for ln in lines if ln.name == "XLA Ops"]
+        if ops:
+            lines = ops
+        elif plane.name.startswith("/host:"):
+            lines = [ln for ln in lines if ln.name.startswith("tf_XLA")]
+        else:
+            lines = [ln for ln in lines if not ln.name.startswith(SKIPPED_LINES)]
+        for line in lines:
+            for name, ns in _self_times(line.events):
+                if not NOT_OPS.match(name):
+                    per_op[name] += ns / 1e6 / num_steps
+    kinds: collections.Counter = collections.Counter()
+    for name, ms in per_op.items():
+        kinds[next((k for k, pattern in KINDS if pattern.search(name)), "other")] += ms
+    return {"file": files[-1], "ms_per_step": sum(per_op.values()),
+            "kinds": {k: round(v, 3) for k, v in kinds.most_common()},
+            "ops": [(name, round(ms, 3)) for name, ms in per_op.most_common()]}
+
+
+def _self_times(events) -> list[tuple[str, float]]:
+    """(name, self time ns) of the events of one trace line: duration less enclosed events'."""
+    spans = sorted((e.start_ns, -e.duration_ns, e.name) for e in events)
+    self_ns = [-d for _, d, _ in spans]
+    stack: list[tuple[float, int]] = []  # (end, index) of the enclosing events
+    for i, (start, neg_dur, _) in enumerate(spans):
+        while stack and stack[-1][0] <= start:
+            stack.pop()
+        if stack:
+            self_ns[stack[-1][1]] += neg_dur
+        stack.append((start - neg_dur, i))
+    return [(name, ns) for (_, _, name), ns in zip(spans, self_ns)]
+
+
+def trace(p: bench.Prepared, mesh, trace_dir: str, num_steps: int) -> None:
+    """Run `num_steps` full train steps (after one untraced) under the profiler."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+        step = jax.jit(bench.train_step_fn(p), donate_argnums=(0,))
+        state, metrics = step(jax.tree.map(jnp.copy, p.state), p.batch)
+        jax.block_until_ready(metrics)
+        with jax.profiler.trace(trace_dir):
+            for i in range(num_steps):
+                with jax.profiler.StepTraceAnnotation("train", step_num=i):
+                    state, metrics = step(state, p.batch)
+            jax.block_until_ready((state, metrics))
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    if args.quick:
+        args.image_size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
+    setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
+                        image_size=args.image_size, mask_ratio=args.mask_ratio if args.task == "pretrain"
+                        else 0.0, dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
+    peak, kind = bench.device_peak()
+    print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; {setup}",
+          flush=True)
+    mesh = sharding.make_mesh({"data": -1})
+    times, prepared = time_parts(setup, mesh, args.steps, args.warmup)
+    rows = table(setup, times)
+    print(f"{'part':<30} {'ms':>9} {'of step':>8} {'TFLOP/s':>9} {'MFU':>7}")
+    for r in rows:
+        tf = "-" if r["tflop_per_s"] is None else f"{r['tflop_per_s']:.2f}"
+        mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        print(f"{r['part']:<30} {r['ms']:>9.3f} {100 * r['share']:>7.1f}% {tf:>9} {mfu:>7}")
+    result = {**dataclasses.asdict(setup), "device_kind": kind, "parts": rows}
+    if args.trace_dir:
+        trace(prepared, mesh, args.trace_dir, args.trace_steps)
+        summary = summarise_trace(args.trace_dir, args.trace_steps)
+        print(f"trace: {summary['file']}: {summary['ms_per_step']:.2f} ms of op time per step; by kind: "
+              + ", ".join(f"{k} {v:.2f} ms" for k, v in summary["kinds"].items()))
+        for name, ms in summary["ops"][: args.top]:
+            print(f"  {ms:9.3f} ms  {name[:110]}")
+        result["trace"] = {**summary, "ops": summary["ops"][: args.top]}
+    print("RESULT " + json.dumps(result), flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
