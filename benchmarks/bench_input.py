@@ -88,9 +88,9 @@ def main(argv=None) -> int:
             batch = next(it)
         seconds = time.perf_counter() - start
         rate = timed * args.batch / seconds
-        r = {"workers": workers, "read_threads": args.read_threads, "clips_per_s": round(rate, 2), "frames": args.frames,
-             "image_size": args.image_size, "batch": args.batch, "cpus": os.cpu_count(),
-             "shape": list(batch["frames"].shape)}
+        r = {"workers": workers, "read_threads": args.read_threads, "clips_per_s": round(rate, 2),
+             "frames": args.frames, "image_size": args.image_size, "batch": args.batch,
+             "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
         results.append(r)
         print(f"input pipeline: {workers} workers x {args.read_threads} threads: {rate:.1f} clips/s "
               f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
