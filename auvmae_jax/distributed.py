@@ -67,6 +67,10 @@ def initialize(env: dict[str, str] | None = None) -> bool:
     else:
         jax.distributed.initialize()  # SLURM, Cloud TPU, Kubernetes, Open MPI: detected by jax
     log.info("jax.distributed: process %d of %d (%s)", jax.process_index(), jax.process_count(), mode)
+    if jax.default_backend() == "cpu" and jax.local_device_count() > 1:
+        log.warning("%d CPU devices in each process: XLA's CPU collectives (gloo) can deadlock with "
+                    "several devices per process in long runs; run one device per process on CPU",
+                    jax.local_device_count())
     return True
 
 

@@ -182,8 +182,8 @@ def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir,
 
 
 def test_gpu_node_launcher_starts_a_two_process_run(synthetic_data_dir, tmp_path):
-    """`launch/gpu_node.sh` as its header says to run it, once per "node" (2 processes x 2 CPU
-    devices on loopback; its GPU XLA flags are accepted on CPU): they join and train together."""
+    """`launch/gpu_node.sh` as its header says to run it, once per "node" (2 processes x 1 CPU
+    device on loopback; its GPU XLA flags are accepted on CPU): they join and train together."""
     from tests.conftest import TINY_SYNTHETIC
 
     work = tmp_path / "run"
@@ -194,7 +194,7 @@ def test_gpu_node_launcher_starts_a_two_process_run(synthetic_data_dir, tmp_path
         "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_every=1000",
         "--config.prefetch_to_device=1"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
-    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+    base.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
                 COORDINATOR=f"127.0.0.1:{_free_port()}", NUM_NODES="2",
                 PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     procs = [subprocess.Popen(["bash", "launch/gpu_node.sh", "pretrain", "--config=configs/pretrain.py:mini",
@@ -206,5 +206,5 @@ def test_gpu_node_launcher_starts_a_two_process_run(synthetic_data_dir, tmp_path
         assert p.returncode == 0, err[-3000:]
     for rank, (_, err) in enumerate(outputs):
         assert f"jax.distributed: process {rank} of 2" in err, err[-3000:]
-        assert f"process {rank}/2" in err and "2 local of 4 devices" in err
+        assert f"process {rank}/2" in err and "1 local of 2 devices" in err
     assert sorted(os.listdir(work / "checkpoints")) == ["2", "4"]
