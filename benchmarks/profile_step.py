@@ -163,8 +163,9 @@ NOT_OPS = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|end: )")  # CPU runtime 
 def summarise_trace(trace_dir: str, num_steps: int) -> dict:
     """Device time per op name (ms per step) from the newest `.xplane.pb` under `trace_dir`.
 
-    Device planes (`/device:...`) where there are any: their "XLA Ops" line when present,
-    else their kernel (stream) lines; on a CPU-only trace, the XLA client's threads.
+    Device planes (`/device:...`) where there are any: their kernel lines ("Stream ...",
+    GPU), else their "XLA Ops" line (TPU); on a CPU-only trace, the XLA client's threads.
+    Self time: an event's time less the events it encloses on the same line.
     """
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
                    key=os.path.getmtime)
@@ -177,13 +178,12 @@ def summarise_trace(trace_dir: str, num_steps: int) -> dict:
     per_op: collections.Counter = collections.Counter()
     for plane in planes:
         lines = list(plane.lines)
-        ops = [ln for ln in lines if ln.name == "XLA Ops"]
-        if ops:
-            lines = ops
-        elif plane.name.startswith("/host:"):
+        streams = [ln for ln in lines if ln.name.startswith("Stream")]  # GPU kernels
+        ops = [ln for ln in lines if ln.name == "XLA Ops"]  # TPU
+        if plane.name.startswith("/host:"):
             lines = [ln for ln in lines if ln.name.startswith("tf_XLA")]
         else:
-            lines = [ln for ln in lines if not ln.name.startswith(SKIPPED_LINES)]
+            lines = streams or ops or [ln for ln in lines if not ln.name.startswith(SKIPPED_LINES)]
         for line in lines:
             for name, ns in _self_times(line.events):
                 if not NOT_OPS.match(name):

@@ -25,4 +25,4 @@ if [ "${SETUP:-1}" = 1 ]; then
     cd ~/auvmae && python3 -m pip install -q -U 'jax[tpu]>=0.10,<0.12' -e '.[gcs]'"
 fi
 ARGS=$(printf '%q ' "$@")
-on_all "cd ~/auvmae && AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 python3 -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"
+on_all "set -o pipefail; cd ~/auvmae && AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 python3 -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"
