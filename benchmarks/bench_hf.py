@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 from auvmae_jax import sharding  # noqa: E402
 from auvmae_jax.models import PRESETS  # noqa: E402
 from benchmarks import steps as bench  # noqa: E402
+from benchmarks.results import emit  # noqa: E402
 
 
 def parse(argv) -> argparse.Namespace:
@@ -172,11 +172,7 @@ def main(argv=None) -> int:
           f"JAX {result['jax_train_ms']:.2f} ms, ratio {result['train_ratio_torch_over_jax']:.2f}")
     print(f"inference (encoder, full clips):   PyTorch {result['torch_infer_ms']:.2f} ms, "
           f"JAX {result['jax_infer_ms']:.2f} ms, ratio {result['infer_ratio_torch_over_jax']:.2f}")
-    print("RESULT " + json.dumps(result), flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    emit(result, args.out)
     return 0
 
 

@@ -18,6 +18,8 @@ import sys
 import tempfile
 import time
 
+from benchmarks.results import emit
+
 
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -94,14 +96,10 @@ def main(argv=None) -> int:
         results.append(r)
         print(f"input pipeline: {workers} workers x {args.read_threads} threads: {rate:.1f} clips/s "
               f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
-        print("RESULT " + json.dumps(r), flush=True)
+        emit(r, args.out)
         del it
     for line in model_rates(args.model_results, args.frames):
         print(line)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            f.writelines(json.dumps(r) + "\n" for r in results)
     return 0
 
 

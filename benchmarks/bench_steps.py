@@ -12,13 +12,12 @@ Each line also goes to `--out` as JSON (`RESULT {...}` on stdout too).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import jax
 
 from benchmarks import steps as bench
+from benchmarks.results import emit
 
 # Clips per batch for 16 frames; longer clips get proportionally fewer (same token count).
 BATCH_16 = {"mini": 8, "tiny": 64, "S": 32, "B": 32, "L": 16}
@@ -81,8 +80,6 @@ def main(argv=None) -> int:
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; "
           f"MFU against bf16 peak "
           f"{'unknown' if peak is None else f'{peak / 1e12:.0f} TFLOP/s per device'}", flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     results = []
     for setup in setups(args):
         try:
@@ -92,10 +89,7 @@ def main(argv=None) -> int:
             continue
         results.append(r)
         print(line(r), flush=True)
-        print("RESULT " + json.dumps(r), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(r) + "\n")
+        emit(r, args.out)
     for r in results:  # mask 0.9 vs 0.0 at the same preset and clip length
         if r["task"] == "pretrain" and r["mask_ratio"] == 0.0:
             hi = [x for x in results if x["task"] == "pretrain" and x["mask_ratio"] == 0.9
@@ -103,8 +97,7 @@ def main(argv=None) -> int:
             if hi:
                 ratio = hi[0]["step_ms"] / r["step_ms"]
                 print(f"mask ratio 0.9 / 0.0 step time: {r['preset']} T={r['frames']}: {ratio:.3f}")
-                print("RESULT " + json.dumps({"mask_time_ratio": round(ratio, 4), "preset": r["preset"],
-                                              "frames": r["frames"]}))
+                emit({"mask_time_ratio": round(ratio, 4), "preset": r["preset"], "frames": r["frames"]})
     return 0 if results else 1
 
 

@@ -29,7 +29,6 @@ import argparse
 import collections
 import dataclasses
 import glob
-import json
 import os
 import re
 import sys
@@ -42,6 +41,7 @@ import optax
 from auvmae_jax import losses, masking, sharding
 from auvmae_jax.models import Encoder
 from benchmarks import steps as bench
+from benchmarks.results import emit
 
 
 def parse(argv) -> argparse.Namespace:
@@ -250,11 +250,7 @@ def main(argv=None) -> int:
         for name, ms in summary["ops"][: args.top]:
             print(f"  {ms:9.3f} ms  {name[:110]}")
         result["trace"] = {**summary, "ops": summary["ops"][: args.top]}
-    print("RESULT " + json.dumps(result), flush=True)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    emit(result, args.out)
     return 0
 
 
