@@ -33,7 +33,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "ruff", "torch==2.13.0", "transformers",
-                 "apache-beam>=2.60"],  # the face-video builder's DirectRunner test (~2 min to install)
+                 "apache-beam>=2.60",  # the face-video builder's DirectRunner test (~2 min to install)
+                 "gcsfs", "gcp-storage-emulator"],  # gs:// data dirs against a local GCS emulator
         "beam": ["apache-beam>=2.60"],
         "gcs": ["gcsfs", "google-cloud-storage"],  # gs:// data, workdirs and TensorBoard logs
         "bench": ["torch", "transformers"],  # benchmarks/bench_hf.py: PyTorch VideoMAE side by side

@@ -70,6 +70,8 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
     """
     import tensorflow_datasets as tfds
 
+    from data_builders import staging
+
     manual_dir = os.path.expanduser(manual_dir)
     if not os.path.isdir(manual_dir):
         raise UserError(f"--manual_dir={manual_dir}: no such folder")
@@ -79,13 +81,21 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
         return builder
     if workers < 1:
         raise UserError(f"--workers={workers}: must be >= 1")
-    builder.num_workers = workers
+    if staging.is_url(data_dir) and beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
+        raise UserError(f"--data_dir={data_dir}: ArrayRecord writes local files only, so a URL data_dir is "
+                        "built locally then uploaded; a distributed Beam runner needs a data_dir on storage "
+                        "its workers share (copy it to the bucket afterwards)")
     tfds.disable_progress_bar()
     config = tfds.download.DownloadConfig(
         manual_dir=manual_dir, try_download_gcs=False,
         beam_options=beam_options(beam_pipeline_options) if beam_pipeline_options else None)
     log.info("building %s (config %s) from %s", dataset, builder.builder_config.name, manual_dir)
-    builder.download_and_prepare(download_config=config)
+
+    def prepare(local):
+        local.num_workers = workers
+        local.download_and_prepare(download_config=config)
+
+    builder = staging.prepare(lambda d: make_builder(dataset, d, **options), data_dir, prepare)
     splits = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
     log.info("%s\n  clips: %s\n  written to %s", builder.report.summary(), splits, builder.data_dir)
     return builder

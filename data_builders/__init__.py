@@ -12,6 +12,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from data_builders import staging
 from data_builders.bp4d import Bp4d, Bp4dConfig
 from data_builders.disfa import Disfa, DisfaConfig
 from data_builders.face_videos import FaceVideos, FaceVideosConfig
@@ -26,10 +27,13 @@ def build_synthetic(data_dir: str, **config_kwargs) -> SyntheticFaces:
 
     Builds into `data_dir/synthetic_faces/<config name>/<version>` unless already
     there; configs with different parameters have different names, so they coexist.
+    A `gs://` data_dir is built locally and uploaded (`staging.prepare`).
     """
     config = SyntheticFacesConfig(**config_kwargs)
     config = SyntheticFaces.builder_configs.get(config.name, config)  # tfds wants the registered object
-    builder = SyntheticFaces(config=config, data_dir=os.path.expanduser(data_dir), file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    return builder
+
+    def make(d: str) -> SyntheticFaces:
+        return SyntheticFaces(config=config, data_dir=os.path.expanduser(d), file_format="array_record")
+
+    return staging.prepare(make, data_dir, lambda b: b.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False)))
