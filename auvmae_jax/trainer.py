@@ -161,6 +161,54 @@ def checkpoint_manager(workdir: str, config: Any) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
+class DataPositions(ocp.CheckpointHandler):
+    """Each process's data-iterator position, in its own `process_{i}-of-{n}.json`.
+
+    A process restores its own. Saved by another number of processes, the lowest
+    one's position is taken by all (each then goes as many batches into its new
+    shard: the same share of the epoch).
+    """
+
+    def save(self, directory: epath.Path, args: DataPositionsSave):
+        (directory / _position_file()).write_text(json.dumps(args.state))
+
+    def restore(self, directory: epath.Path, args: DataPositionsRestore | None = None):
+        own = directory / _position_file()
+        if own.exists():
+            return json.loads(own.read_text())
+        saved = sorted(directory.glob("process_*-of-*.json"), key=lambda p: int(p.name[8:].split("-")[0]))
+        if not saved:
+            return None
+        log.warning("%s was saved by %s processes: every process resumes its data at %s's position",
+                    directory, saved[0].stem.split("-of-")[1], saved[0].stem)
+        return json.loads(saved[0].read_text())
+
+    def metadata(self, directory: epath.Path):
+        return None
+
+    def finalize(self, directory: epath.Path):
+        pass
+
+    def close(self):
+        pass
+
+
+def _position_file() -> str:
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+
+
+@ocp.args.register_with_handler(DataPositions, for_save=True)
+@dataclasses.dataclass
+class DataPositionsSave(ocp.args.CheckpointArgs):
+    state: Any
+
+
+@ocp.args.register_with_handler(DataPositions, for_restore=True)
+@dataclasses.dataclass
+class DataPositionsRestore(ocp.args.CheckpointArgs):
+    pass
+
+
 # ---------------------------------------------------------------------------- loop
 
 
@@ -295,11 +343,8 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                     if task.evaluate is not None and not stop and (last or step % config.eval_every == 0):
                         task.evaluate(state, step, writer)
                     if save:
-                        # The data state is process 0's; every process's grain iterator
-                        # holds the same position (equal local batches, lockstep steps).
                         manager.save(step, args=ocp.args.Composite(
-                            state=ocp.args.StandardSave(state),
-                            data=ocp.args.JsonSave(data_state)))
+                            state=ocp.args.StandardSave(state), data=DataPositionsSave(data_state)))
                     for hook in hooks:
                         hook(step, state)
                     if stop:
@@ -324,9 +369,12 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, data_iter) -> Tr
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(abstract), data=DataPositionsRestore()))
     if restored.data is not None:
         data_iter.set_state(restored.data)
+    else:
+        log.warning("%s: no data position saved at step %d; the data start from the beginning",
+                    manager.directory, step)
     log.info("resumed from %s at step %d", manager.directory, step)
     return restored.state
 

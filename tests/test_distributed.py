@@ -154,7 +154,8 @@ def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir,
     stop = stopped[0]["final_step"]
     assert stopped[1]["final_step"] == stop and 2 <= stop < 5, stopped
     assert stopped[0]["losses"] == stopped[1]["losses"]
-    assert os.path.isdir(os.path.join(work, "checkpoints", str(stop)))
+    saved = os.listdir(os.path.join(work, "checkpoints", str(stop), "data"))
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(saved)  # each process's data position
     # Relaunched, they continue from that checkpoint to the end.
     resumed = _launch([synthetic_data_dir, work, steps], 2, 4, tmp_path / "out_b")
     assert resumed[0]["steps"] == resumed[1]["steps"] == list(range(stop + 1, 6))

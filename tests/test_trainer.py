@@ -124,8 +124,28 @@ def test_sigterm_saves_and_the_relaunch_continues(tmp_path):
     # The signal came after step 3's save decision: step 4 runs, is saved, and the run stops.
     assert int(state.step) == 4 and history[-1]["step"] == 4
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
+    assert "process_0-of-1.json" in os.listdir(tmp_path / "checkpoints" / "4" / "data")  # its data position
     full_state, full = trainer.run(_config(checkpoint_every=100), str(tmp_path / "ref"), _task(_records()))
     state, resumed = trainer.run(_config(checkpoint_every=100), str(tmp_path), _task(_records()))
     assert [h["step"] for h in resumed] == [5, 6]
     np.testing.assert_allclose([h["loss"] for h in history + resumed], [h["loss"] for h in full], rtol=1e-6)
     jax.tree.map(np.testing.assert_allclose, state.params, full_state.params)
+
+
+def test_data_positions_are_per_process_and_survive_a_new_process_count(tmp_path):
+    import json
+
+    from etils import epath
+
+    handler = trainer.DataPositions()
+    handler.save(epath.Path(tmp_path), trainer.DataPositionsSave({"next_index": 7}))
+    assert json.loads((tmp_path / "process_0-of-1.json").read_text()) == {"next_index": 7}
+    assert handler.restore(epath.Path(tmp_path)) == {"next_index": 7}
+    # Saved by two processes, restored by one: the lowest process's position.
+    other = tmp_path / "two"
+    other.mkdir()
+    for i, index in ((1, 5), (0, 3)):
+        (other / f"process_{i}-of-2.json").write_text(json.dumps({"next_index": index}))
+    assert handler.restore(epath.Path(other)) == {"next_index": 3}
+    (tmp_path / "none").mkdir()
+    assert handler.restore(epath.Path(tmp_path / "none")) is None
