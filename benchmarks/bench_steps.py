@@ -75,7 +75,7 @@ def line(r: dict) -> str:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.quick:
-        args.image_size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
+        args.image_size, args.batch, args.steps, args.warmup = 64, max(2, jax.device_count()), 2, 1
     peak, kind = bench.device_peak()
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; "
           f"MFU against bf16 peak "

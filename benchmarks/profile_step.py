@@ -226,7 +226,7 @@ def trace(p: bench.Prepared, mesh, trace_dir: str, num_steps: int) -> None:
 def main(argv=None) -> int:
     args = parse(argv)
     if args.quick:
-        args.image_size, args.batch, args.steps, args.warmup = 64, 2, 2, 1
+        args.image_size, args.batch, args.steps, args.warmup = 64, max(2, jax.device_count()), 2, 1
     setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
                         image_size=args.image_size, mask_ratio=args.mask_ratio if args.task == "pretrain"
                         else 0.0, dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
