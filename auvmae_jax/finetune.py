@@ -256,7 +256,7 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
                                      config.eval_batch_size, seed=config.seed)
     return trainer.Task(
         model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
-        steps_per_epoch=max(len(train_source) // config.batch_size, 1),
+        steps_per_epoch=max(len(train_source) * config.data.repeats // config.batch_size, 1),
         evaluate=evaluator.periodic,
         init_params=(encoder_initialiser(config.init_from, model.cfg, level.num_frames, s)
                      if config.init_from else None),

@@ -92,6 +92,11 @@ class ClipSampler:
     of the frame, aspect ratio `crop_ratio`) shared by every frame, and a
     horizontal flip with probability 1/2; evaluation takes the first frames, no
     crop and no flip. Labels cover every frame of the sampled span.
+
+    `repeats > 1` (training; repeated sampling as in VideoMAE V2 and MAE-ST): the
+    frames are decoded once and cut `repeats` times with their own crops and flips,
+    arrays gain a leading `[repeats]` axis; each view gets its own mask on the device.
+    JPEG decoding, the input pipeline's main cost, is then paid once per `repeats` samples.
     """
 
     num_frames: int
@@ -102,6 +107,7 @@ class ClipSampler:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
     with_labels: bool = False
+    repeats: int = 1
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict:
         frames = record["frames"]
@@ -113,14 +119,9 @@ class ClipSampler:
             )
         start = int(rng.integers(0, len(frames) - span + 1)) if self.train else 0
         ids = range(start, start + span, self.temporal_stride)
-        images = [Image.open(io.BytesIO(bytes(frames[i]))) for i in ids]
-        box = self._crop_box(images[0].size, rng) if self.train else None
-        size = (self.image_size, self.image_size)
-        out = np.stack([np.asarray(im.convert("RGB").resize(size, Image.BILINEAR, box=box))
-                        for im in images])
-        if self.train and self.flip and rng.random() < 0.5:
-            out = out[:, :, ::-1]
-        example = {"frames": np.ascontiguousarray(out)}
+        images = [Image.open(io.BytesIO(bytes(frames[i]))).convert("RGB") for i in ids]
+        views = [self._view(images, rng) for _ in range(self.repeats if self.train else 1)]
+        example = {"frames": np.stack(views) if self.repeats > 1 and self.train else views[0]}
         if self.with_labels:
             full = range(start, start + self.num_frames * self.temporal_stride)
             for key in ("labels", "valid"):
@@ -128,7 +129,18 @@ class ClipSampler:
                 # Past the clip's end (stride > 1) labels are unknown: valid = 0.
                 padded = np.concatenate([arr, np.zeros((len(full), arr.shape[1]), arr.dtype)])
                 example[key] = padded[full.start:full.stop].astype(np.uint8)
+                if self.repeats > 1 and self.train:
+                    example[key] = np.stack([example[key]] * self.repeats)
         return example
+
+    def _view(self, images: list, rng: np.random.Generator | None) -> np.ndarray:
+        """`[T, S, S, 3]` uint8: one crop (and flip) of decoded frames."""
+        box = self._crop_box(images[0].size, rng) if self.train else None
+        size = (self.image_size, self.image_size)
+        out = np.stack([np.asarray(im.resize(size, Image.BILINEAR, box=box)) for im in images])
+        if self.train and self.flip and rng.random() < 0.5:
+            out = out[:, :, ::-1]
+        return np.ascontiguousarray(out)
 
     def _crop_box(self, size: tuple[int, int], rng: np.random.Generator):
         """Random resized crop box (x0, y0, x1, y1), torchvision's sampling rule."""
@@ -175,6 +187,9 @@ def make_dataset(
     if batch_size % nproc:
         raise UserError(f"batch_size {batch_size} is not divisible by {nproc} processes")
     local_batch = batch_size // nproc
+    repeats = sampler.repeats if sampler.train else 1
+    if local_batch % repeats:
+        raise UserError(f"data.repeats={repeats} does not divide the per-process batch of {local_batch}")
     if repeat and len(ds) < local_batch:
         log.warning("only %d clips for a per-process batch of %d: clips repeat in a batch",
                     len(ds), local_batch)
@@ -182,7 +197,9 @@ def make_dataset(
     if repeat:
         ds = ds.shuffle().repeat()
     ds = ds.random_map(sampler) if sampler.train else ds.map(sampler)
-    ds = ds.batch(local_batch, drop_remainder=repeat)
+    ds = ds.batch(local_batch // repeats, drop_remainder=repeat)
+    if repeats > 1:  # [B/r, r, ...] -> [B, ...]: a clip's views side by side in the batch
+        ds = ds.map(lambda b: {k: v.reshape(-1, *v.shape[2:]) for k, v in b.items()})
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
     if worker_count > 0:
         from absl import flags
@@ -203,4 +220,5 @@ def sampler_from_config(data_cfg: Any, *, train: bool, with_labels: bool = False
         crop_ratio=tuple(data_cfg.crop_ratio),
         flip=data_cfg.flip,
         with_labels=with_labels,
+        repeats=data_cfg.get("repeats", 1),
     )

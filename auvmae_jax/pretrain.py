@@ -133,7 +133,7 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
                                 norm_pix=config.norm_pix_loss)
     return trainer.Task(
         model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
-        steps_per_epoch=max(len(source) // config.batch_size, 1),
+        steps_per_epoch=max(len(source) * config.data.repeats // config.batch_size, 1),  # views
         evaluate=ReconstructionPictures(model, shown, config, workdir))
 
 

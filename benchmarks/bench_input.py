@@ -29,6 +29,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
     p.add_argument("--read_threads", type=int, default=16, help="threads per reading process")
+    p.add_argument("--repeats", type=int, default=1, help="views per decoded clip (data.repeats)")
     p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "auvmae_bench_tfds"))
     p.add_argument("--model_results", default="", help="bench_steps JSON lines to compare with")
     p.add_argument("--quick", action="store_true", help="CPU smoke size: 32px frames, 4 frames, batch 4")
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     print(f"dataset: {builder.data_dir} ({time.perf_counter() - start:.1f} s to build or open)", flush=True)
     source = input_pipeline.data_source(builder, "part1+part2+part3")
     sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
-                                         image_size=args.image_size, train=True)
+                                         image_size=args.image_size, train=True, repeats=args.repeats)
     results = []
     for workers in [int(w) for w in args.workers.split(",")]:
         ds = input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
@@ -90,11 +91,13 @@ def main(argv=None) -> int:
             batch = next(it)
         seconds = time.perf_counter() - start
         rate = timed * args.batch / seconds
-        r = {"workers": workers, "read_threads": args.read_threads, "clips_per_s": round(rate, 2),
+        r = {"workers": workers, "read_threads": args.read_threads, "repeats": args.repeats,
+             "clips_per_s": round(rate, 2),
              "frames": args.frames, "image_size": args.image_size, "batch": args.batch,
              "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
         results.append(r)
-        print(f"input pipeline: {workers} workers x {args.read_threads} threads: {rate:.1f} clips/s "
+        print(f"input pipeline: {workers} workers x {args.read_threads} threads, {args.repeats} views per "
+              f"decoded clip: {rate:.1f} clips/s "
               f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
         emit(r, args.out)
         del it

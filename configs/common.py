@@ -21,6 +21,7 @@ def data_config() -> ml_collections.ConfigDict:
         flip=True,
         worker_count=0,  # grain worker processes decoding JPEGs (0: in the main process)
         read_threads=16,  # threads per reading process, each making one batch (bounds the buffer)
+        repeats=1,  # training views per decoded clip (repeated sampling; VideoMAE V2 uses 4)
     ))
 
 
