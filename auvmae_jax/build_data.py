@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
+from auvmae_jax import paths
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -81,7 +82,7 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
         return builder
     if workers < 1:
         raise UserError(f"--workers={workers}: must be >= 1")
-    if staging.is_url(data_dir) and beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
+    if paths.is_url(data_dir) and beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
         raise UserError(f"--data_dir={data_dir}: ArrayRecord writes local files only, so a URL data_dir is "
                         "built locally then uploaded; a distributed Beam runner needs a data_dir on storage "
                         "its workers share (copy it to the bucket afterwards)")

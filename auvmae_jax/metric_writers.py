@@ -16,6 +16,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from auvmae_jax import paths
+
 log = logging.getLogger("auvmae")
 
 
@@ -100,7 +102,7 @@ def create_writer(logdir: str) -> MetricWriter:
     """Console on every process; TensorBoard events from process 0 only."""
     if jax.process_index() != 0:
         return MetricWriter()
-    if "://" not in logdir:  # tensorboardX writes gs:// and s3:// URLs itself
+    if not paths.is_url(logdir):  # tensorboardX writes gs:// and s3:// URLs itself
         os.makedirs(logdir, exist_ok=True)
     return MultiWriter([ConsoleWriter(), TensorBoardWriter(logdir)])
 

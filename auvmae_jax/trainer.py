@@ -25,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from auvmae_jax import distributed, metric_writers, sharding
+from auvmae_jax import distributed, metric_writers, paths, sharding
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -144,8 +144,7 @@ def prepare_workdir(workdir: str, config: Any) -> str:
 
     A URL (`gs://bucket/run`) is kept as it is: orbax and `etils.epath` write there.
     """
-    if "://" not in workdir:
-        workdir = os.path.abspath(os.path.expanduser(workdir))
+    workdir = paths.resolve(workdir)
     try:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)

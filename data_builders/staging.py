@@ -17,13 +17,11 @@ from typing import Any
 
 from etils import epath
 
+from auvmae_jax import paths
+
 log = logging.getLogger("auvmae")
 
 CHUNK = 64 << 20  # bytes per read while uploading
-
-
-def is_url(path: str) -> bool:
-    return "://" in str(path)
 
 
 def prepare(make_builder: Callable[[str], Any], data_dir: str, build: Callable[[Any], None]) -> Any:
@@ -37,7 +35,7 @@ def prepare(make_builder: Callable[[str], Any], data_dir: str, build: Callable[[
     builder = make_builder(data_dir)
     if builder.is_prepared():
         return builder
-    if not is_url(data_dir):
+    if not paths.is_url(data_dir):
         build(builder)
         return builder
     staging_root = os.environ.get("AUVMAE_STAGING_DIR")
