@@ -109,6 +109,11 @@ class ClipSampler:
     with_labels: bool = False
     repeats: int = 1
 
+    @property
+    def views(self) -> int:
+        """Examples cut from one decoded clip: `repeats` in training, 1 in evaluation."""
+        return self.repeats if self.train else 1
+
     def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None) -> dict:
         frames = record["frames"]
         span = (self.num_frames - 1) * self.temporal_stride + 1
@@ -120,8 +125,8 @@ class ClipSampler:
         start = int(rng.integers(0, len(frames) - span + 1)) if self.train else 0
         ids = range(start, start + span, self.temporal_stride)
         images = [Image.open(io.BytesIO(bytes(frames[i]))).convert("RGB") for i in ids]
-        views = [self._view(images, rng) for _ in range(self.repeats if self.train else 1)]
-        example = {"frames": np.stack(views) if self.repeats > 1 and self.train else views[0]}
+        views = [self._view(images, rng) for _ in range(self.views)]
+        example = {"frames": np.stack(views) if self.views > 1 else views[0]}
         if self.with_labels:
             full = range(start, start + self.num_frames * self.temporal_stride)
             for key in ("labels", "valid"):
@@ -129,8 +134,8 @@ class ClipSampler:
                 # Past the clip's end (stride > 1) labels are unknown: valid = 0.
                 padded = np.concatenate([arr, np.zeros((len(full), arr.shape[1]), arr.dtype)])
                 example[key] = padded[full.start:full.stop].astype(np.uint8)
-                if self.repeats > 1 and self.train:
-                    example[key] = np.stack([example[key]] * self.repeats)
+                if self.views > 1:
+                    example[key] = np.stack([example[key]] * self.views)
         return example
 
     def _view(self, images: list, rng: np.random.Generator | None) -> np.ndarray:
@@ -187,7 +192,7 @@ def make_dataset(
     if batch_size % nproc:
         raise UserError(f"batch_size {batch_size} is not divisible by {nproc} processes")
     local_batch = batch_size // nproc
-    repeats = sampler.repeats if sampler.train else 1
+    repeats = sampler.views
     if local_batch % repeats:
         raise UserError(f"data.repeats={repeats} does not divide the per-process batch of {local_batch}")
     if repeat and len(ds) < local_batch:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -175,12 +176,14 @@ class DataPositions(ocp.CheckpointHandler):
         own = directory / _position_file()
         if own.exists():
             return json.loads(own.read_text())
-        saved = sorted(directory.glob("process_*-of-*.json"), key=lambda p: int(p.name[8:].split("-")[0]))
+        saved = sorted((tuple(map(int, m.groups())), p) for p in directory.iterdir()
+                       if (m := re.fullmatch(r"process_(\d+)-of-(\d+)\.json", p.name)))
         if not saved:
             return None
-        log.warning("%s was saved by %s processes: every process resumes its data at %s's position",
-                    directory, saved[0].stem.split("-of-")[1], saved[0].stem)
-        return json.loads(saved[0].read_text())
+        (index, count), path = saved[0]
+        log.warning("%s was saved by %d processes: every process resumes its data at process %d's position",
+                    directory, count, index)
+        return json.loads(path.read_text())
 
     def metadata(self, directory: epath.Path):
         return None
