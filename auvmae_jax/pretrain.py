@@ -23,16 +23,22 @@ log = logging.getLogger("auvmae")
 def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float,
                   norm_pix: bool) -> tuple[jax.Array, dict]:
     """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3]}`."""
-    cfg = model.cfg
     mask_key, drop_key = jax.random.split(rng)
-    x01, x = losses.normalize_frames(batch["frames"], cfg.dtype)
-    tt, hp, wp = cfg.grid(*x.shape[1:4])
-    visible, masked = masking.tube_mask(mask_key, x.shape[0], hp * wp, mask_ratio)
+    x, visible, masked, target = mae_inputs(batch["frames"], mask_key, model.cfg, mask_ratio, norm_pix)
     pred = model.apply({"params": params}, x, visible, masked, deterministic=False,
                        rngs={"dropout": drop_key})
+    return losses.reconstruction_loss(pred, target), {}
+
+
+def mae_inputs(frames: jax.Array, key: jax.Array, cfg: ViTConfig, mask_ratio: float, norm_pix: bool):
+    """uint8 `[B, T, H, W, 3]` -> (normalised frames, visible and masked positions, targets
+    of the masked tubelets): everything the model and the loss take besides the parameters."""
+    x01, x = losses.normalize_frames(frames, cfg.dtype)
+    tt, hp, wp = cfg.grid(*x.shape[1:4])
+    visible, masked = masking.tube_mask(key, x.shape[0], hp * wp, mask_ratio)
     target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix,
                                 masking.tube_token_ids(masked, tt, hp * wp))
-    return losses.reconstruction_loss(pred, target), {}
+    return x, visible, masked, target
 
 
 def unpatchify(tokens: np.ndarray, grid: tuple[int, int, int], tubelet: int, patch: int) -> np.ndarray:

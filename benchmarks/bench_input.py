@@ -75,7 +75,6 @@ def main(argv=None) -> int:
     source = input_pipeline.data_source(builder, "part1+part2+part3")
     sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
                                          image_size=args.image_size, train=True, repeats=args.repeats)
-    results = []
     for workers in [int(w) for w in args.workers.split(",")]:
         ds = input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
                                          worker_count=workers, read_threads=args.read_threads)
@@ -95,7 +94,6 @@ def main(argv=None) -> int:
              "clips_per_s": round(rate, 2),
              "frames": args.frames, "image_size": args.image_size, "batch": args.batch,
              "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
-        results.append(r)
         print(f"input pipeline: {workers} workers x {args.read_threads} threads, {args.repeats} views per "
               f"decoded clip: {rate:.1f} clips/s "
               f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)

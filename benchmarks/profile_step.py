@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from auvmae_jax import losses, masking, sharding
+from auvmae_jax import losses, pretrain, sharding
 from auvmae_jax.models import Encoder
 from benchmarks import steps as bench
 from benchmarks.results import emit
@@ -75,35 +75,33 @@ def part_functions(setup: bench.Setup, p: bench.Prepared) -> dict[str, tuple]:
         updates, opt_state = p.tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), opt_state
 
+    def encoder(params, x, visible=None):
+        return Encoder(cfg).apply({"params": params}, x, visible)
+
     out = {}
     if setup.task == "pretrain":
-        tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
+        grid = cfg.grid(setup.frames, setup.image_size)
 
-        def inputs(batch, rng):
-            x01, x = losses.normalize_frames(batch["frames"], cfg.dtype)
-            visible, masked = masking.tube_mask(rng, x.shape[0], hp * wp, setup.mask_ratio)
-            target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, True,
-                                        masking.tube_token_ids(masked, tt, hp * wp))
-            return x, visible, masked, target
-
-        x, visible, masked, target = jax.jit(inputs)(batch, rng)
-        tokens = jax.jit(lambda q, x, v: Encoder(cfg).apply({"params": q}, x, v))(
-            params["encoder"], x, visible)
+        def inputs(batch, rng):  # the pre-training loss's own inputs
+            return pretrain.mae_inputs(batch["frames"], rng, cfg, setup.mask_ratio, True)
 
         def decoder(params, tokens, visible, masked, target):
-            pred = p.model.apply({"params": params}, tokens, visible, masked, (tt, hp, wp),
+            pred = p.model.apply({"params": params}, tokens, visible, masked, grid,
                                  method=lambda m, *a: m.decoder(*a))
             return losses.reconstruction_loss(pred, target)
 
+        x, visible, masked, target = jax.jit(inputs)(batch, rng)
+        tokens = jax.jit(encoder)(params["encoder"], x, visible)
         out["inputs"] = (inputs, (batch, rng), False)
-        out["embed + encoder forward"] = (lambda q, x, v: Encoder(cfg).apply({"params": q}, x, v),
-                                          (params["encoder"], x, visible), False)
+        out["embed + encoder forward"] = (encoder, (params["encoder"], x, visible), False)
         out["decoder forward + loss"] = (decoder, (params, tokens, visible, masked, target), False)
     else:
-        x = jax.jit(lambda b: losses.normalize_frames(b["frames"], cfg.dtype)[1])(batch)
-        out["inputs"] = (lambda b: losses.normalize_frames(b["frames"], cfg.dtype)[1], (batch,), False)
-        out["embed + encoder forward"] = (lambda q, x: Encoder(cfg).apply({"params": q}, x),
-                                          (params["encoder"], x), False)
+        def inputs(batch):
+            return losses.normalize_frames(batch["frames"], cfg.dtype)[1]
+
+        x = jax.jit(inputs)(batch)
+        out["inputs"] = (inputs, (batch,), False)
+        out["embed + encoder forward"] = (encoder, (params["encoder"], x), False)
     out["forward (loss)"] = (lambda q, b, r: p.loss_fn(q, b, r)[0], (params, batch, rng), False)
     grad_fn = jax.value_and_grad(p.loss_fn, has_aux=True)
     out["forward + backward"] = (lambda q, b, r: grad_fn(q, b, r)[1], (params, batch, rng), False)
