@@ -1,22 +1,24 @@
-"""`gs://` data dirs, against a local GCS emulator (gcp-storage-emulator).
+"""`gs://` data dirs and workdirs, against a local GCS emulator (tests/gcs_emulator.py).
 
 ArrayRecord reads `gs://` files but writes only local ones: builds into a bucket are
 staged on local disk and uploaded (`data_builders.staging`), and the training
-pipeline reads the clips back from the bucket.
+pipeline reads the clips back from the bucket. Training writes its whole workdir
+(orbax checkpoints through TensorStore, TensorBoard events through tensorboardX,
+config, pictures, priors, metrics through etils.epath) into a bucket and resumes
+from it.
 """
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 
+import numpy as np
+
+from tests import gcs_emulator
 from tests.conftest import TINY_SYNTHETIC
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-SCRIPT = r"""
+BUILD_SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import data_builders
@@ -43,39 +45,97 @@ print("RESULT " + json.dumps({"data_dir": str(again.data_dir), "files": files, "
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+WORKDIR_SCRIPT = r"""
+import json, struct, sys
+import numpy as np
+import data_builders
+from etils import epath
+from tensorboardX.proto import event_pb2
+from auvmae_jax import evaluation, finetune, pretrain
+from tests.conftest import TINY_SYNTHETIC, mini_finetune_config, mini_pretrain_config
+
+data_dir, local = sys.argv[1], sys.argv[2]
+data_builders.build_synthetic(data_dir, **TINY_SYNTHETIC)
+config = mini_pretrain_config(data_dir)  # 6 steps, a checkpoint every 2
+config.eval_every = 3
+_, full = pretrain.train(config, local)  # uninterrupted, on local disk
+
+
+class Interrupt(Exception):
+    pass
+
+
+def kill(step, state):
+    if step == 3:
+        raise Interrupt
+
+
+try:
+    pretrain.train(config, "gs://bucket/pre", hooks=(kill,))  # dies after step 3; saved: step 2
+except Interrupt:
+    pass
+_, resumed = pretrain.train(config, "gs://bucket/pre")
+root = epath.Path("gs://bucket/pre")
+events = {}
+for path in (root / "tensorboard").iterdir():  # TFRecord framing: length, crc, event, crc
+    data, at = path.read_bytes(), 0
+    while at < len(data):
+        (n,) = struct.unpack("<Q", data[at:at + 8])
+        event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+        at += n + 16
+        for v in event.summary.value:
+            events.setdefault(v.tag, []).append(event.step)
+
+ft = mini_finetune_config(data_dir)
+ft.init_from = "gs://bucket/pre"
+ft.num_train_steps = 2
+finetune.train(ft, "gs://bucket/ft")
+metrics = evaluation.evaluate_workdir("gs://bucket/ft")
+saved = json.loads((epath.Path("gs://bucket/ft") / "metrics.json").read_text())
+print("RESULT " + json.dumps({
+    "full": [h["loss"] for h in full], "resumed": [h["step"] for h in resumed],
+    "resumed_loss": [h["loss"] for h in resumed],
+    "pre": sorted(p.name for p in root.iterdir()),
+    "checkpoints": sorted(p.name for p in (root / "checkpoints").iterdir()),
+    "pictures": sorted(p.name for p in (root / "reconstructions").iterdir()),
+    "loss_steps": sorted(events.get("loss", [])),
+    "ft": sorted(p.name for p in epath.Path("gs://bucket/ft").iterdir()),
+    "priors": sorted(p.name for p in epath.Path("gs://bucket/ft/priors").iterdir()),
+    "metrics_equal": saved == metrics}))
+"""
+
+def _run(script: str, args: list[str], env: dict) -> dict:
+    proc = subprocess.run([sys.executable, "-c", script, *args], cwd=gcs_emulator.ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
 
 
 def test_build_into_a_bucket_is_staged_uploaded_and_read_back(tmp_path):
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    emulator = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                                 f"--port={port}", "--in-memory", "--default-bucket=bucket"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):  # wait until it listens
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        env = dict(os.environ, STORAGE_EMULATOR_HOST=endpoint, CLOUD_STORAGE_EMULATOR_ENDPOINT=endpoint,
-                   GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", GOOGLE_CLOUD_PROJECT="test",
-                   AUVMAE_STAGING_DIR=str(tmp_path), JAX_PLATFORMS="cpu",
-                   PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        args = [json.dumps(TINY_SYNTHETIC), str(tmp_path / "local")]
-        proc = subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)
-    finally:
-        emulator.kill()
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    with gcs_emulator.running(tmp_path) as env:
+        out = _run(BUILD_SCRIPT, [json.dumps(TINY_SYNTHETIC), str(tmp_path / "local")], env)
     assert out["data_dir"].startswith("gs://bucket/tfds/synthetic_faces/")
     assert "dataset_info.json" in out["files"]
     assert "synthetic_faces-part1.array_record-00000-of-00001" in out["files"]
     assert len(out["same"]) > 4 and all(out["same"])  # every clip of two splits, byte for byte
     assert out["batch"] == [4, 4, 32, 32, 3]
     assert os.listdir(tmp_path) == ["local"]  # the staging folder is gone
+
+
+def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path):
+    with gcs_emulator.running(tmp_path / "staging") as env:
+        out = _run(WORKDIR_SCRIPT, [str(tmp_path / "tfds"), str(tmp_path / "local")], env)
+    # Killed after step 3, resumed from the step-2 checkpoint in the bucket: the same losses as
+    # the uninterrupted local run (parameters, optimizer state and data position restored).
+    assert out["resumed"] == [3, 4, 5, 6]
+    np.testing.assert_allclose(out["resumed_loss"], out["full"][2:], rtol=1e-6)
+    assert {"checkpoints", "config.json", "reconstructions", "tensorboard"} <= set(out["pre"])
+    assert out["checkpoints"] == ["2", "4", "6"]
+    assert out["pictures"] == ["step_0000003.png", "step_0000006.png"]
+    # Both runs' TensorBoard events are in the bucket: steps 1-3, then 3-6 again after resuming.
+    assert out["loss_steps"] == [1, 2, 3, 3, 4, 5, 6]
+    # Fine-tuning from the bucket's encoder, into the bucket; its evaluation reads and writes there.
+    ft_files = {"checkpoints", "config.json", "metrics.json", "metrics.md", "priors", "tensorboard"}
+    assert ft_files <= set(out["ft"])
+    assert "intra_prior.npy" in out["priors"]
+    assert out["metrics_equal"]
