@@ -5,6 +5,7 @@
 #   OUT=/some/dir benchmarks/run_all.sh          # default OUT: ./bench_out
 #   PARTS="1 2" benchmarks/run_all.sh            # only some parts (default: all)
 #   QUICK=1 PRESET=mini benchmarks/run_all.sh     # CPU smoke sizes: checks the script, not figures
+#   STEP_TASKS=pretrain MASKS=0.9 PROFILE_TASKS=pretrain ...   # fewer setups in parts 1 and 7
 #
 # Writes $OUT/log.txt (everything printed), $OUT/steps.jsonl, $OUT/hf.jsonl and
 # $OUT/input.jsonl, $OUT/profile.jsonl (one JSON object per measurement) and the
@@ -17,6 +18,9 @@ PARTS="${PARTS:-1 2 3 4 5 7}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 PRESET="${PRESET:-B}"  # the model of parts 1, 2, 3 and 7
+STEP_TASKS="${STEP_TASKS:-pretrain,finetune,infer}"  # part 1
+MASKS="${MASKS:-0.9,0.0}"  # part 1's pre-training mask ratios
+PROFILE_TASKS="${PROFILE_TASKS:-pretrain finetune}"  # part 7
 Q="${QUICK:+--quick}"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 source launch/xla_gpu_flags.sh
@@ -36,7 +40,7 @@ part() {  # part NUMBER SECONDS MODULE ARGS...
 STEPS="benchmarks.bench_steps --steps=10 --out=$OUT/steps.jsonl $Q"
 # Each setup costs 40-60 s (process start, sharded init, XLA compile), its timed steps a second.
 # 1. Headline: ViT-B, 16 frames: pre-training at mask 0.9 and 0.0, fine-tuning, inference.
-part 1 230 $STEPS --presets=$PRESET --frames=16
+part 1 230 $STEPS --presets=$PRESET --frames=16 --tasks=$STEP_TASKS --mask_ratios=$MASKS
 # 2. PyTorch transformers VideoMAE on the same preset, batch and device.
 part 2 150 benchmarks.bench_hf --preset=$PRESET --frames=16 --batch=32 --out="$OUT/hf.jsonl" $Q
 # 3. The paper's fine-tuning clip length (same tokens per batch: 4 clips).
@@ -49,8 +53,9 @@ W="${QUICK:+0,2}"
 part 5 60 benchmarks.bench_input --workers="${W:-0,4,8,16}" --model_results="$OUT/steps.jsonl" --out="$OUT/input.jsonl" $Q
 # 7. Where the ViT-B pre-training and fine-tuning steps spend their time: parts timed
 #    apart, and a profiler trace summed per op.
-part 7 240 benchmarks.profile_step --task=pretrain --preset=$PRESET --frames=16 --batch=32 \
-  --trace_dir="$OUT/trace" --out="$OUT/profile.jsonl" $Q
-part 7 150 benchmarks.profile_step --task=finetune --preset=$PRESET --frames=16 --batch=32 \
-  --out="$OUT/profile.jsonl" $Q
+for task in $PROFILE_TASKS; do  # the pre-training step also leaves its trace
+  if [ "$task" = pretrain ]; then limit=240 trace=(--trace_dir="$OUT/trace"); else limit=150 trace=(); fi
+  part 7 $limit benchmarks.profile_step --task=$task --preset=$PRESET --frames=16 --batch=32 \
+    "${trace[@]}" --out="$OUT/profile.jsonl" $Q
+done
 echo "== $(date -u +%H:%M:%S) done; results in $OUT" | tee -a "$LOG"

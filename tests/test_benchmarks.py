@@ -148,3 +148,20 @@ def test_run_all_script_runs_its_parts_and_collects_the_results(tmp_path):
                                                                                      ("infer", "mini")]
     inputs = [json.loads(x) for x in (tmp_path / "input.jsonl").read_text().splitlines()]
     assert [r["workers"] for r in inputs] == [0, 2] and all(r["clips_per_s"] > 0 for r in inputs)
+
+
+def test_device_check_runs_the_short_lease_parts(tmp_path):
+    # No .whl/ in a clean clone: nothing to install, the parts run with this environment.
+    env = dict(os.environ, OUT=str(tmp_path), QUICK="1", PRESET="mini", JAX_PLATFORMS="cpu",
+               PYTHON=sys.executable)
+    proc = subprocess.run(["bash", "benchmarks/device_check.sh"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "log.txt").read_text()
+    assert [p for p in ("1", "2", "3", "4", "5", "6", "7") if f"== part {p}," in log] == ["1", "5", "7"], log
+    assert "ended with status" not in log, log[-3000:]
+    steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
+    assert [(r["task"], r["mask_ratio"]) for r in steps] == [("pretrain", 0.9), ("finetune", 0.0)]
+    (profile,) = [json.loads(x) for x in (tmp_path / "profile.jsonl").read_text().splitlines()]
+    assert profile["task"] == "pretrain" and profile["trace"]["ms_per_step"] > 0
+    assert [json.loads(x)["workers"] for x in (tmp_path / "input.jsonl").read_text().splitlines()] == [0, 2]
