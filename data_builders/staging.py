@@ -38,7 +38,8 @@ def prepare(make_builder: Callable[[str], Any], data_dir: str, build: Callable[[
     if not paths.is_url(data_dir):
         build(builder)
         return builder
-    staging_root = os.environ.get("AUVMAE_STAGING_DIR")
+    staging_root = os.path.expanduser(os.environ.get("AUVMAE_STAGING_DIR") or tempfile.gettempdir())
+    os.makedirs(staging_root, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="auvmae_staging_", dir=staging_root) as tmp:
         local = make_builder(tmp)
         build(local)

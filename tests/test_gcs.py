@@ -139,3 +139,79 @@ def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path)
     assert ft_files <= set(out["ft"])
     assert "intra_prior.npy" in out["priors"]
     assert out["metrics_equal"]
+
+
+# `gcloud compute tpus tpu-vm ssh TPU --worker=all --command=CMD` on this machine: CMD runs once
+# per "worker", each in its own home folder (holding the checkout as ~/auvmae, as the launcher's
+# set-up leaves it) and told how to join the others, as a TPU VM's metadata tells jax.
+FAKE_GCLOUD = r"""#!/usr/bin/env bash
+set -uo pipefail
+[ "$1 $2 $3 $4" = "compute tpus tpu-vm ssh" ] || { echo "fake gcloud: only tpu-vm ssh: $*" >&2; exit 2; }
+for a in "$@"; do
+  case "$a" in --command=*) cmd="${a#--command=}";; --worker=*) [ "$a" = --worker=all ] || exit 2;; esac
+done
+pids=()
+for i in $(seq 0 $((FAKE_WORKERS - 1))); do
+  HOME="$FAKE_HOMES/worker$i" JAX_COORDINATOR_ADDRESS="$FAKE_COORDINATOR" JAX_NUM_PROCESSES="$FAKE_WORKERS" \
+    JAX_PROCESS_ID="$i" bash -c "$cmd" > "$FAKE_HOMES/worker$i.out" 2>&1 &
+  pids+=($!)
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+exit $rc
+"""
+
+
+def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProcess:
+    overrides = [f"--config.data.synthetic.{k}={v}" for k, v in TINY_SYNTHETIC.items()] + [
+        f"--config.data.data_dir={data_dir}", "--config.data.num_frames=4", "--config.data.image_size=32",
+        "--config.model.patch_size=8", "--config.model.dtype=float32", "--config.mask_ratio=0.75",
+        "--config.batch_size=8", f"--config.num_train_steps={steps}", "--config.checkpoint_every=2",
+        "--config.log_every=1", "--config.eval_every=1000", "--config.prefetch_to_device=1"]
+    env = dict(env, FAKE_COORDINATOR=f"127.0.0.1:{gcs_emulator._free_port()}")
+    return subprocess.run(["bash", "launch/tpu_pod.sh", "pretrain", "--config=configs/pretrain.py:mini",
+                           "--workdir=gs://bucket/pod", *overrides], cwd=gcs_emulator.ROOT, env=env,
+                          capture_output=True, text=True, timeout=400)
+
+
+def test_tpu_pod_launcher_trains_two_workers_into_a_bucket_and_resumes(tmp_path):
+    """`launch/tpu_pod.sh` (SETUP=0: the checkout is in place) on two stand-in workers of one
+    CPU device each: data and workdir in the emulator's bucket, as on a pod."""
+    bin_dir, homes = tmp_path / "bin", tmp_path / "homes"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    for i in (0, 1):
+        (homes / f"worker{i}").mkdir(parents=True)
+        (homes / f"worker{i}" / "auvmae").symlink_to(gcs_emulator.ROOT)
+    with gcs_emulator.running(tmp_path / "staging") as env:
+        env = {k: v for k, v in env.items() if not k.startswith(("JAX_", "SLURM_"))}
+        env.update(TPU="test-pod", ZONE="test-zone", SETUP="0", FAKE_WORKERS="2", FAKE_HOMES=str(homes),
+                   XLA_FLAGS="--xla_force_host_platform_device_count=1",
+                   PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), env["PATH"]]))
+        _run("import json, sys, data_builders\n"
+             "data_builders.build_synthetic('gs://bucket/tfds', **json.loads(sys.argv[1]))\n"
+             "print('RESULT {}')", [json.dumps(TINY_SYNTHETIC)], env)
+        first = _pod_run(env, 4, "gs://bucket/tfds")
+        logs = [(homes / f"worker{i}.out").read_text() for i in (0, 1)]
+        assert first.returncode == 0, first.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
+        second = _pod_run(env, 6, "gs://bucket/tfds")  # the same line, more steps: resumes at 4
+        logs2 = [(homes / f"worker{i}.out").read_text() for i in (0, 1)]
+        assert second.returncode == 0, second.stderr[-2000:] + logs2[0][-2000:] + logs2[1][-2000:]
+        out = _run(r"""
+import json
+from etils import epath
+root = epath.Path("gs://bucket/pod")
+print("RESULT " + json.dumps({"top": sorted(p.name for p in root.iterdir()),
+    "checkpoints": sorted(p.name for p in (root / "checkpoints").iterdir()),
+    "data": sorted(p.name for p in (root / "checkpoints" / "6" / "data").iterdir())}))
+""", [], env)
+    for rank in (0, 1):
+        assert f"jax.distributed: process {rank} of 2" in logs[rank], logs[rank][-3000:]
+        assert "resumed from gs://bucket/pod/checkpoints at step 4" in logs2[rank], logs2[rank][-3000:]
+        assert "step 6/6" in logs2[rank]
+        # The launcher appends each run's output to the worker's ~/auvmae.log.
+        assert (homes / f"worker{rank}" / "auvmae.log").read_text().count("jax.distributed: process") == 2
+    assert {"checkpoints", "config.json", "tensorboard"} <= set(out["top"])
+    assert out["checkpoints"] == ["2", "4", "6"]
+    assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(out["data"])
