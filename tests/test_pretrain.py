@@ -1,5 +1,6 @@
 """Pre-training end to end on a tiny synthetic dataset: loss, resume, outputs."""
 
+import collections
 import glob
 import os
 
@@ -80,3 +81,21 @@ def test_pretraining_on_a_weighted_mixture_of_built_datasets(tmp_path):
     config.num_train_steps = 2
     _, history = pretrain.train(config, str(tmp_path / "w"))
     assert history[-1]["step"] == 2 and np.isfinite(history[-1]["loss"])
+
+
+def test_steps_after_the_first_compile_nothing(synthetic_data_dir, tmp_path):
+    # A step that re-traces (a changed shape, dtype, weak type or sharding of the state or the
+    # batch) would recompile the whole model: none may, across logging and checkpoint saves.
+    config = mini_pretrain_config(synthetic_data_dir)  # logs every step, saves every 2
+    config.num_train_steps = 8
+    counts = collections.Counter()
+    jax.monitoring.register_event_duration_secs_listener(lambda name, secs, **kw: counts.update([name]))
+    seen = {}
+
+    def hook(step, state):
+        seen[step] = (counts["/jax/core/compile/jaxpr_trace_duration"],
+                      counts["/jax/core/compile/backend_compile_duration"])
+
+    pretrain.train(config, str(tmp_path / "run"), hooks=(hook,))
+    assert seen[1][1] > 0  # the step itself compiled by then
+    assert {seen[s] for s in range(1, 8)} == {seen[1]}, seen  # step 8 evaluates: it may compile
