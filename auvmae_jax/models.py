@@ -46,7 +46,7 @@ class ViTConfig:
     drop_path: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: bool = False
-    attention_impl: str | None = None  # None/'auto': cudnn where it applies, else 'xla'
+    attention_impl: str | None = None  # None/'auto': cudnn where it applies, else 'xla'/'chunked'
 
     @classmethod
     def from_config(cls, cfg: Any) -> ViTConfig:
@@ -89,27 +89,54 @@ def patchify(video: jax.Array, tubelet: int, patch: int) -> jax.Array:
     return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
 
 
-ATTENTION_IMPLS = (None, "auto", "xla", "cudnn")
+ATTENTION_IMPLS = (None, "auto", "xla", "cudnn", "chunked")
+# 'auto' switches from XLA's attention to query chunks from this many tokens: XLA's keeps
+# every `L x L` score matrix (ViT-B at 128 frames: 3.8 GB of bf16 scores per clip and block).
+CHUNKED_FROM_TOKENS = 4096
+QUERY_CHUNK = 1024
 
 
 def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
-                             backend: str | None = None) -> str:
-    """The `jax.nn.dot_product_attention` implementation to use.
+                             backend: str | None = None, length: int | None = None) -> str:
+    """The attention implementation to use: 'cudnn', 'xla' or 'chunked'.
 
-    'xla' and 'cudnn' are taken as asked. None/'auto' picks cuDNN's fused (flash)
+    Asked-for ones are taken as asked. None/'auto' picks cuDNN's fused (flash)
     attention on NVIDIA GPUs where it applies (bf16/fp16 inputs, head dim a multiple
-    of 8 up to 128) and XLA's otherwise (CPU, TPU, float32). `backend` defaults to
-    `jax.default_backend()`.
+    of 8 up to 128); elsewhere (CPU, TPU, float32) XLA's, or `chunked_attention` for
+    sequences of `CHUNKED_FROM_TOKENS` tokens or more. `backend` defaults to
+    `jax.default_backend()`; `length` is the number of tokens (None: short).
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {requested!r}; known: {ATTENTION_IMPLS}")
-    if requested in ("xla", "cudnn"):
+    if requested in ("xla", "cudnn", "chunked"):
         return requested
     backend = jax.default_backend() if backend is None else backend
     fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
     if backend in ("gpu", "cuda") and fused_dtype and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
-    return "xla"
+    return "chunked" if length is not None and length >= CHUNKED_FROM_TOKENS else "xla"
+
+
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = QUERY_CHUNK) -> jax.Array:
+    """Exact softmax attention `[B, L, H, D]`, computed at most `chunk` queries at a time.
+
+    Each query row's softmax sees all keys, so the result is XLA's attention; but only
+    one chunk's `chunk x L` scores exist at once, in the forward pass and (each chunk
+    recomputed, as flash attention does) in the backward pass: memory for long clips
+    where no fused kernel runs. Chunks are made equal, so at most `n - 1` padded queries.
+    """
+    b, lq, h, d = q.shape
+    n = -(-lq // chunk)
+    chunk = -(-lq // n)
+    q = jnp.pad(q, ((0, 0), (0, n * chunk - lq), (0, 0), (0, 0)))  # padded queries are dropped
+    q = q.reshape(b, n, chunk, h, d).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one_chunk(qc):
+        return jax.nn.dot_product_attention(qc, k, v, implementation="xla")
+
+    out = jax.lax.map(one_chunk, q)  # [n, B, chunk, H, D]
+    return out.swapaxes(0, 1).reshape(b, n * chunk, h, d)[:, :lq]
 
 
 def _dense_init(names: tuple[str | None, ...]):
@@ -156,8 +183,11 @@ class Attention(nn.Module):
         k = qkv[:, :, 1]
         v = qkv[:, :, 2] + v_bias.astype(dtype)
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
-        impl = attention_implementation(self.cfg.attention_impl, dtype, dh)
-        out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+        impl = attention_implementation(self.cfg.attention_impl, dtype, dh, length=x.shape[1])
+        if impl == "chunked":
+            out = chunked_attention(q, k, v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
         return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)
 
 

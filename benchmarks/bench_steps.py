@@ -34,7 +34,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16", help="compute dtype; parameters stay float32")
     p.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
     p.add_argument("--attention_impl", default=None, help="xla, cudnn or auto (default)")
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=10, help="timed steps; 0: compile only (memory, FLOPs)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true",
                    help="CPU smoke size: 64x64 frames, batch 2, 2 steps (overrides sizes)")
@@ -65,9 +65,10 @@ def line(r: dict) -> str:
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     xla = "-" if r["xla_flops_per_step"] is None else f"{r['xla_flops_per_step'] / 1e12:.4g}"
     mask = f" mask={r['mask_ratio']:.1f}" if r["task"] == "pretrain" else ""
+    timing = ("not timed" if r["step_ms"] is None else
+              f"step {r['step_ms']:.2f} ms, {r['clips_per_s']:.1f} clips/s, {r['tokens_per_s']:.3g} tokens/s")
     return (f"{r['task']:<8} {r['preset']:<4} T={r['frames']:<3} B={r['batch']:<3}{mask} "
-            f"attn={r['attention']} | step {r['step_ms']:.2f} ms, {r['clips_per_s']:.1f} clips/s, "
-            f"{r['tokens_per_s']:.3g} tokens/s, {r['model_flops_per_step'] / 1e12:.4g} TFLOP/step "
+            f"attn={r['attention']} | {timing}, {r['model_flops_per_step'] / 1e12:.4g} TFLOP/step "
             f"(XLA {xla}), MFU {mfu}, mem {gb(r['compiled_bytes'])} GiB "
             f"(peak in use {gb(r['peak_bytes_in_use'])}), compile {r['compile_s']:.1f} s")
 
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
         print(line(r), flush=True)
         emit(r, args.out)
     for r in results:  # mask 0.9 vs 0.0 at the same preset and clip length
-        if r["task"] == "pretrain" and r["mask_ratio"] == 0.0:
+        if r["task"] == "pretrain" and r["mask_ratio"] == 0.0 and r["step_ms"]:
             hi = [x for x in results if x["task"] == "pretrain" and x["mask_ratio"] == 0.9
                   and (x["preset"], x["frames"]) == (r["preset"], r["frames"])]
             if hi:

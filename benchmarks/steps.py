@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 import types
 from typing import Any
@@ -259,25 +260,30 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, mesh=None) -> dict:
         # Preferably counted on the HLO before compilation: on GPU the compiled module
         # hands matmuls and attention to cuBLAS/cuDNN calls, which its count leaves out.
         xla_flops = _cost(lowered).get("flops") or _cost(compiled).get("flops")
-        seconds, _ = time_steps(compiled, args, facts["donated"], steps, warmup)
+        seconds = time_steps(compiled, args, facts["donated"], steps, warmup)[0] if steps else None
     cfg = setup.model_config()
     tt, hp, wp = cfg.grid(setup.frames, setup.image_size)
     n_dev = mesh.size
     peak, kind = device_peak()
     flops = model_flops(setup)
+    timed = seconds is not None
     result = dict(dataclasses.asdict(setup), attention=_attention_name(setup),
                   devices=n_dev, device_kind=kind, compile_s=round(compile_s, 2),
-                  step_ms=round(seconds * 1e3, 3), clips_per_s=round(setup.batch / seconds, 2),
-                  tokens_per_s=round(setup.batch * tt * hp * wp / seconds, 1),
+                  step_ms=round(seconds * 1e3, 3) if timed else None,
+                  clips_per_s=round(setup.batch / seconds, 2) if timed else None,
+                  tokens_per_s=round(setup.batch * tt * hp * wp / seconds, 1) if timed else None,
                   model_flops_per_step=flops, xla_flops_per_step=xla_flops,
                   peak_tflops_per_device=None if peak is None else peak / 1e12,
-                  mfu=None if peak is None else round(flops / seconds / (peak * n_dev), 4),
+                  mfu=None if peak is None or not timed else round(flops / seconds / (peak * n_dev), 4),
                   compiled_bytes=_memory(compiled), peak_bytes_in_use=peak_bytes_in_use())
     return result
 
 
 def _attention_name(setup: Setup) -> str:
+    """The attention the model runs over all of a clip's tokens (the longest sequence of
+    these steps: the encoder's when fine-tuning, the decoder's when pre-training)."""
     from auvmae_jax.models import attention_implementation
 
     cfg = setup.model_config()
-    return attention_implementation(cfg.attention_impl, cfg.dtype, cfg.width // cfg.heads)
+    tokens = math.prod(cfg.grid(setup.frames, setup.image_size))
+    return attention_implementation(cfg.attention_impl, cfg.dtype, cfg.width // cfg.heads, length=tokens)

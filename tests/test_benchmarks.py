@@ -165,3 +165,17 @@ def test_device_check_runs_the_short_lease_parts(tmp_path):
     (profile,) = [json.loads(x) for x in (tmp_path / "profile.jsonl").read_text().splitlines()]
     assert profile["task"] == "pretrain" and profile["trace"]["ms_per_step"] > 0
     assert [json.loads(x)["workers"] for x in (tmp_path / "input.jsonl").read_text().splitlines()] == [0, 2]
+
+
+def test_compile_only_reports_memory_and_long_clips_pick_chunked_attention():
+    # 32 frames of 256 px: 16 x 16 x 16 = 4096 tokens, where 'auto' leaves XLA's attention
+    # for query chunks off GPU; --steps=0 compiles the step and reports without running it.
+    common = ["--presets=mini", "--frames=32", "--image_size=256", "--batch=1", "--tasks=finetune",
+              "--steps=0", "--dtype=float32"]
+    _, (auto,) = _run("benchmarks.bench_steps", *common)
+    _, (xla,) = _run("benchmarks.bench_steps", *common, "--attention_impl=xla")
+    assert auto["attention"] == "chunked" and xla["attention"] == "xla"
+    assert auto["step_ms"] is None and auto["mfu"] is None and auto["model_flops_per_step"] > 0
+    # mini has 2 heads: XLA's attention keeps 2 x 4096 x 4096 float32 scores (128 MiB) per block.
+    assert xla["compiled_bytes"] > 128 * 2**20 and auto["compiled_bytes"] < xla["compiled_bytes"] / 3, (
+        xla["compiled_bytes"], auto["compiled_bytes"])
