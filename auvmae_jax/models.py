@@ -47,6 +47,7 @@ class ViTConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
     remat: bool = False
     attention_impl: str | None = None  # None/'auto': cudnn where it applies, else 'xla'/'chunked'
+    attention_chunk: int = 1024  # queries per chunk of 'chunked' attention
 
     @classmethod
     def from_config(cls, cfg: Any) -> ViTConfig:
@@ -93,7 +94,6 @@ ATTENTION_IMPLS = (None, "auto", "xla", "cudnn", "chunked")
 # 'auto' switches from XLA's attention to query chunks from this many tokens: XLA's keeps
 # every `L x L` score matrix (ViT-B at 128 frames: 3.8 GB of bf16 scores per clip and block).
 CHUNKED_FROM_TOKENS = 4096
-QUERY_CHUNK = 1024
 
 
 def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
@@ -117,7 +117,7 @@ def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
     return "chunked" if length is not None and length >= CHUNKED_FROM_TOKENS else "xla"
 
 
-def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = QUERY_CHUNK) -> jax.Array:
+def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = 1024) -> jax.Array:
     """Exact softmax attention `[B, L, H, D]`, computed at most `chunk` queries at a time.
 
     Each query row's softmax sees all keys, so the result is XLA's attention; but only
@@ -185,7 +185,7 @@ class Attention(nn.Module):
         q = nn.with_logical_constraint(q, ("batch", "length", "heads", "kv"))
         impl = attention_implementation(self.cfg.attention_impl, dtype, dh, length=x.shape[1])
         if impl == "chunked":
-            out = chunked_attention(q, k, v)
+            out = chunked_attention(q, k, v, self.cfg.attention_chunk)
         else:
             out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
         return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)

@@ -41,8 +41,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.synthetic.clip_length = clip_length
     config.init_from = ""  # a pre-training workdir or a converted checkpoint dir
     config.model = dict(preset="B", patch_size=16, tubelet_size=2, dtype="bfloat16", remat=False,
-                        attention_impl=None, drop_path=0.1, layer_norm_eps=1e-6, head_norm_eps=None,
-                        final_norm=False)
+                        attention_impl=None, attention_chunk=1024, drop_path=0.1, layer_norm_eps=1e-6,
+                        head_norm_eps=None, final_norm=False)
     config.loss = dict(l_cls=1.0, l_intra=0.01, l_inter=0.01, kind="fro")  # kind: fro | mse
     config.optimizer = common.optimizer_config(base_lr=1e-3)
     config.optimizer.b2 = 0.999

@@ -26,8 +26,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.mixture = ""
     config.data.mixture_split = "train"
     config.model = dict(preset=preset, patch_size=16, tubelet_size=2, dtype="bfloat16",
-                        remat=False, attention_impl=None, drop_path=0.0, layer_norm_eps=1e-6,
-                        head_norm_eps=None)
+                        remat=False, attention_impl=None, attention_chunk=1024, drop_path=0.0,
+                        layer_norm_eps=1e-6, head_norm_eps=None)
     config.mask_ratio = 0.9
     config.norm_pix_loss = True
     config.optimizer = common.optimizer_config(base_lr=1.5e-4)

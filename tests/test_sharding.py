@@ -18,9 +18,10 @@ import jax
 from auvmae_jax import pretrain
 from tests.conftest import mini_pretrain_config
 
-data_dir, workdir, mesh = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+data_dir, workdir, mesh, model = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 config = mini_pretrain_config(data_dir)
 config.mesh = mesh
+config.model.update(model)
 config.num_train_steps = 4
 config.checkpoint_every = 100
 state, history = pretrain.train(config, workdir)
@@ -42,10 +43,11 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def _run(data_dir, workdir, mesh, devices):
+def _run(data_dir, workdir, mesh, devices, model=None):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, workdir, json.dumps(mesh)],
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, data_dir, workdir, json.dumps(mesh),
+                           json.dumps(model or {})],
                           env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -77,3 +79,8 @@ def test_eight_devices_shard_by_rules_and_match_one_device(synthetic_data_dir, t
     assert len(one["losses"]) == len(eight["losses"]) == 4
     for a, b in zip(one["losses"], eight["losses"]):
         assert abs(a - b) < 1e-4 * abs(a), (one["losses"], eight["losses"])
+    # Chunked attention (the decoder's 32 tokens in chunks of 8) on the same mesh: the same run.
+    chunked = _run(synthetic_data_dir, str(tmp_path / "chunked"), {"data": 2, "fsdp": 2, "tensor": 2}, 8,
+                   {"attention_impl": "chunked", "attention_chunk": 8})
+    for a, b in zip(one["losses"], chunked["losses"]):
+        assert abs(a - b) < 1e-4 * abs(a), (one["losses"], chunked["losses"])
