@@ -32,7 +32,9 @@ import re
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from auvmae_jax import paths
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -439,11 +441,11 @@ def convert(source: str, output: str, trust_pickle: bool = False, overrides: dic
         raise UserError(f"{weights}: mapped weights do not fit the model ({diff[:4] or 'shapes differ'})")
     params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
 
-    output = os.path.abspath(os.path.expanduser(output))
-    ckpt_dir = os.path.join(output, "checkpoints")
-    if os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+    output = paths.resolve(output)  # local, or gs://
+    ckpt_dir = paths.join(output, "checkpoints")
+    if paths.exists(ckpt_dir) and any(epath.Path(ckpt_dir).iterdir()):
         raise UserError(f"{output} already holds a checkpoint: choose an empty --output")
-    os.makedirs(output, exist_ok=True)
+    paths.makedirs(output)
     manager = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=True))
     manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params})))
     manager.wait_until_finished()
@@ -455,8 +457,7 @@ def convert(source: str, output: str, trust_pickle: bool = False, overrides: dic
         "source": weights, "layout": info["layout"], "has_decoder": has_decoder,
         "dropped": info["dropped"], "notes": info["notes"],
     }
-    with open(os.path.join(output, "config.json"), "w") as f:
-        json.dump(config, f, indent=2)
+    paths.write_json(paths.join(output, "config.json"), config)
     return config
 
 

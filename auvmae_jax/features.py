@@ -14,11 +14,11 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import json
+import io
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from auvmae_jax import faces, losses, video_io
+from auvmae_jax import faces, losses, paths, video_io
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import Encoder, ViTConfig
 
@@ -54,13 +54,12 @@ def load_checkpoint(path: str) -> Checkpoint:
     """Read `path` (a workdir or a converted directory) for inference on this host's backend."""
     from auvmae_jax import finetune
 
-    path = os.path.abspath(os.path.expanduser(path))
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    path = paths.resolve(path)  # local, or gs://
+    cfg_path = paths.join(path, "config.json")
+    if not paths.exists(cfg_path):
         raise UserError(f"--checkpoint {path}: no config.json (expected a training workdir or "
                         "a directory written by `auvmae convert`)")
-    with open(cfg_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(paths.read_json(cfg_path))
     task = config.get("task") or "pretrain"
     vit = ViTConfig.from_config(config.model.to_dict())
     # Inference: float32 on CPU, no remat or drop path; a GPU keeps the trained compute dtype.
@@ -82,10 +81,9 @@ def load_checkpoint(path: str) -> Checkpoint:
 
 def _aus(path: str, config, params: dict) -> list[int]:
     """AU numbers of a fine-tuned model's outputs: its priors.json, else its dataset's metadata."""
-    priors = os.path.join(path, "priors", "priors.json")
-    if os.path.exists(priors):
-        with open(priors) as f:
-            return [int(a) for a in json.load(f)["aus"]]
+    priors = paths.join(path, "priors", "priors.json")
+    if paths.exists(priors):
+        return [int(a) for a in paths.read_json(priors)["aus"]]
     try:
         from auvmae_jax import finetune, input_pipeline
 
@@ -316,18 +314,26 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
     result = result.astype(np.float32)
     _save(output, result)
     if pool == "clip":
-        with open(os.path.splitext(output)[0] + "_clips.csv", "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["clip", "start_frame", "end_frame", "start_time"])
-            for k, (start, _) in enumerate(clips):
-                out.writerow([k, start, min(start + w, n) - 1, f"{times[start]:.3f}" if times else ""])
+        rows = [["clip", "start_frame", "end_frame", "start_time"]]
+        rows += [[k, start, min(start + w, n) - 1, f"{times[start]:.3f}" if times else ""]
+                 for k, (start, _) in enumerate(clips)]
+        write_csv_rows(os.path.splitext(output)[0] + "_clips.csv", rows)
     log.info("features %s of %d frames -> %s", list(result.shape), n, output)
     return result
 
 
 def _save(output: str, array: np.ndarray) -> None:
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        np.save(output, array)
+        paths.save_npy(output, array)
     except OSError as e:
         raise UserError(f"{output}: cannot be written ({e.strerror or e})") from None
+
+
+def write_csv_rows(path: str, rows: Iterable[list]) -> None:
+    """A CSV file (local or gs://) of `rows`; a one-line error where it cannot be written."""
+    buf = io.StringIO(newline="")
+    csv.writer(buf).writerows(rows)
+    try:
+        paths.write_text(path, buf.getvalue())
+    except OSError as e:
+        raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None

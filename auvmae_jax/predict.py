@@ -9,14 +9,14 @@ cells. Each frame's probabilities are the mean over the sliding clips that cover
 
 from __future__ import annotations
 
-import csv
+import io
 import logging
 import os
 
 import jax
 import numpy as np
 
-from auvmae_jax import faces, features
+from auvmae_jax import faces, features, paths
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import AUDetector
 
@@ -95,18 +95,12 @@ def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str 
 def write_csv(path: str, track: features.Track, success: np.ndarray, probs: np.ndarray,
               aus: list[int]) -> None:
     """One row per frame; empty face and AU cells where `success` is 0."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", newline="") as f:
-            out = csv.writer(f)
-            out.writerow(["frame", "timestamp", "success", "face_x", "face_y", "face_w", "face_h",
-                          *au_names(aus)])
-            for i, (t, box) in enumerate(zip(track.timestamps, track.boxes)):
-                face = [f"{v:.1f}" for v in box] if box is not None else [""] * 4
-                aucells = [f"{p:.4f}" for p in probs[i]] if success[i] else [""] * len(aus)
-                out.writerow([i, f"{t:.3f}", int(success[i]), *face, *aucells])
-    except OSError as e:
-        raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None
+    rows = [["frame", "timestamp", "success", "face_x", "face_y", "face_w", "face_h", *au_names(aus)]]
+    for i, (t, box) in enumerate(zip(track.timestamps, track.boxes)):
+        face = [f"{v:.1f}" for v in box] if box is not None else [""] * 4
+        aucells = [f"{p:.4f}" for p in probs[i]] if success[i] else [""] * len(aus)
+        rows.append([i, f"{t:.3f}", int(success[i]), *face, *aucells])
+    features.write_csv_rows(path, rows)
 
 
 def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: list[int],
@@ -131,8 +125,10 @@ def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: lis
     ax2.set_ylabel("AUs > 0.5")
     ax2.set_xlabel("time (s)")
     try:
-        fig.savefig(path, dpi=100)
-    except OSError as e:
-        raise UserError(f"{path}: cannot be written ({e.strerror or e})") from None
+        buf = io.BytesIO()  # the format from the name's extension (png, pdf, svg, ...)
+        fig.savefig(buf, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=100)
+        paths.write_bytes(path, buf.getvalue())
+    except (OSError, ValueError) as e:  # ValueError: a format matplotlib does not write
+        raise UserError(f"{path}: cannot be written ({getattr(e, 'strerror', None) or e})") from None
     finally:
         plt.close(fig)

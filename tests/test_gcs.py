@@ -48,10 +48,11 @@ print("RESULT " + json.dumps({"data_dir": str(again.data_dir), "files": files, "
 WORKDIR_SCRIPT = r"""
 import json, struct, sys
 import numpy as np
+import transformers
 import data_builders
 from etils import epath
 from tensorboardX.proto import event_pb2
-from auvmae_jax import evaluation, finetune, pretrain
+from auvmae_jax import convert, evaluation, features, finetune, paths, predict, pretrain, video_io
 from tests.conftest import TINY_SYNTHETIC, mini_finetune_config, mini_pretrain_config
 
 data_dir, local = sys.argv[1], sys.argv[2]
@@ -92,6 +93,22 @@ ft.num_train_steps = 2
 finetune.train(ft, "gs://bucket/ft")
 metrics = evaluation.evaluate_workdir("gs://bucket/ft")
 saved = json.loads((epath.Path("gs://bucket/ft") / "metrics.json").read_text())
+
+# Inference from checkpoints in the bucket, outputs into it; a converted model written there.
+video = local + "_clip.mp4"
+video_io.write_video(video, np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), np.uint8))
+summary = predict.predict_video(features.load_checkpoint("gs://bucket/ft"), video, "gs://bucket/out/aus.csv",
+                                plot="gs://bucket/out/aus.png", detect=False, progress=False)
+rows = epath.Path("gs://bucket/out/aus.csv").read_text().splitlines()
+feats = features.extract_features(features.load_checkpoint("gs://bucket/pre"), video, "gs://bucket/out/f.npy",
+                                  pool="clip", detect=False, progress=False)
+stored = paths.load_npy("gs://bucket/out/f.npy")
+hf = transformers.VideoMAEModel(transformers.VideoMAEConfig(
+    image_size=32, patch_size=8, num_frames=4, tubelet_size=2, hidden_size=32, num_hidden_layers=2,
+    num_attention_heads=2, intermediate_size=128))
+hf.save_pretrained(local + "_hf")
+convert.convert(local + "_hf", "gs://bucket/converted")
+converted = features.load_checkpoint("gs://bucket/converted")
 print("RESULT " + json.dumps({
     "full": [h["loss"] for h in full], "resumed": [h["step"] for h in resumed],
     "resumed_loss": [h["loss"] for h in resumed],
@@ -101,7 +118,10 @@ print("RESULT " + json.dumps({
     "loss_steps": sorted(events.get("loss", [])),
     "ft": sorted(p.name for p in epath.Path("gs://bucket/ft").iterdir()),
     "priors": sorted(p.name for p in epath.Path("gs://bucket/ft/priors").iterdir()),
-    "metrics_equal": saved == metrics}))
+    "metrics_equal": saved == metrics, "csv_rows": len(rows), "csv_header": rows[0].split(",")[:3],
+    "predicted_frames": summary["frames"], "out": sorted(p.name for p in epath.Path("gs://bucket/out").iterdir()),
+    "features_equal": bool(np.array_equal(stored, feats)), "features_shape": list(stored.shape),
+    "converted": [converted.task, converted.vit.width, converted.window]}))
 """
 
 def _run(script: str, args: list[str], env: dict) -> dict:
@@ -139,6 +159,12 @@ def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path)
     assert ft_files <= set(out["ft"])
     assert "intra_prior.npy" in out["priors"]
     assert out["metrics_equal"]
+    # `predict` and `features` read their checkpoints from the bucket and write their files there.
+    assert out["predicted_frames"] == 12 and out["csv_rows"] == 13  # a header, then one row per frame
+    assert out["csv_header"] == ["frame", "timestamp", "success"]
+    assert out["out"] == ["aus.csv", "aus.png", "f.npy", "f_clips.csv"]
+    assert out["features_equal"] and out["features_shape"][1] == 32  # one mini feature row per clip
+    assert out["converted"] == ["converted", 32, 4]  # `auvmae convert --output=gs://...`, read back
 
 
 # `gcloud compute tpus tpu-vm ssh TPU --worker=all --command=CMD` on this machine: CMD runs once
