@@ -134,24 +134,8 @@ def test_trace_self_times_subtract_enclosed_events():
                                                   ("child2", 1), ("next", 4)])
 
 
-def test_run_all_script_runs_its_parts_and_collects_the_results(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), QUICK="1", PRESET="mini", PARTS="1 5", JAX_PLATFORMS="cpu",
-               PYTHON=sys.executable)
-    proc = subprocess.run(["bash", "benchmarks/run_all.sh"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = (tmp_path / "log.txt").read_text()
-    assert "== part 1" in log and "== part 5" in log and "== part 2" not in log, log[-3000:]
-    assert "ended with status" not in log and "done; results in" in log, log[-3000:]
-    steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
-    assert [(r["task"], r["preset"]) for r in steps] == [("pretrain", "mini")] * 2 + [("finetune", "mini"),
-                                                                                     ("infer", "mini")]
-    inputs = [json.loads(x) for x in (tmp_path / "input.jsonl").read_text().splitlines()]
-    assert [r["workers"] for r in inputs] == [0, 2] and all(r["clips_per_s"] > 0 for r in inputs)
-
-
-def test_device_check_runs_the_short_lease_parts(tmp_path):
-    # No .whl/ in a clean clone: nothing to install, the parts run with this environment.
+def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_path):
+    # No .whl/ in a clean clone: nothing to install, run_all.sh's parts run with this environment.
     env = dict(os.environ, OUT=str(tmp_path), QUICK="1", PRESET="mini", JAX_PLATFORMS="cpu",
                PYTHON=sys.executable)
     proc = subprocess.run(["bash", "benchmarks/device_check.sh"], cwd=ROOT, env=env, capture_output=True,
