@@ -8,9 +8,9 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from auvmae_jax import input_pipeline, losses, metrics, paths, sharding
 from auvmae_jax.errors import UserError
@@ -21,8 +21,11 @@ log = logging.getLogger("auvmae")
 class Evaluator:
     """Predicts every clip of `source` in order and scores per-AU F1 and accuracy.
 
-    Each process reads its own shard of the clips; batches are padded with
-    all-invalid clips to a fixed size, so every process runs the same steps.
+    Runs under the mesh and logical axis rules in effect (`jax.set_mesh`,
+    `nn.logical_axis_rules`), each batch sharded over the batch axes like a training
+    batch. Each process reads its own shard of the clips; batches are padded with
+    blank clips to one size, so every process runs the same steps, and the scores
+    sum every process's counts: the same figures on all of them.
     """
 
     def __init__(self, model, level, source, sampler, aus: list[int], batch_size: int, seed: int = 0):
@@ -42,8 +45,12 @@ class Evaluator:
 
     def predict(self, params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs, labels, valid), each `[clips, T, N]`, for the clips of this process's shard."""
+        mesh = jax.sharding.get_mesh()
+        spec = sharding.batch_sharding(mesh, nn.get_logical_axis_rules())
+        shards = math.prod(mesh.shape[a] for a in jax.tree.leaves(tuple(spec.spec)))
         nproc = jax.process_count()
-        local = max(self.batch_size // nproc, 1)
+        per_shard = math.ceil(self.batch_size / shards)  # a global batch that divides over the shards
+        local = per_shard * shards // nproc
         ds = input_pipeline.make_dataset(self.source, self.sampler, batch_size=local * nproc,
                                          seed=self.seed, repeat=False)
         num_batches = math.ceil(math.ceil(len(self.source) / nproc) / local)
@@ -53,13 +60,14 @@ class Evaluator:
             batch = next(it, None)
             n = 0 if batch is None else len(batch["frames"])
             frames = _pad(batch["frames"] if n else None, local, self._frame_shape())
-            # A padded eval batch need not divide over the batch shards: no activation constraints.
-            with nn.logical_axis_rules(()):
-                out = self._predict(params, jnp.asarray(frames))
+            out = self._predict(params, sharding.host_batch_to_global({"frames": frames}, spec)["frames"])
+            out = multihost_utils.global_array_to_host_local_array(out, mesh, spec.spec)  # own rows
             if n:
                 probs.append(np.asarray(out)[:n])
                 labels.append(batch["labels"])
                 valid.append(batch["valid"])
+        if not probs:  # more processes than clips
+            return tuple(np.zeros((0, 0, len(self.aus)), np.float32) for _ in range(3))
         return np.concatenate(probs), np.concatenate(labels), np.concatenate(valid)
 
     def _frame_shape(self):
@@ -67,9 +75,14 @@ class Evaluator:
         return (self.sampler.num_frames, s, s, 3)
 
     def evaluate(self, params) -> dict:
+        """Scores over the whole split: every process's confusion counts, summed."""
         probs, labels, valid = self.predict(params)
-        result = metrics.f1_accuracy(probs, labels, valid)
-        return metrics.as_json(result, self.aus)
+        counts = metrics.confusion_counts(probs, labels, valid) if len(probs) else {
+            **{k: np.zeros(len(self.aus), np.int64) for k in ("tp", "fp", "fn", "tn")}, "num_frames": 0}
+        if jax.process_count() > 1:
+            counts = {k: np.asarray(multihost_utils.process_allgather(np.asarray(v))).sum(0)
+                      for k, v in counts.items()}
+        return metrics.as_json(metrics.scores_from_counts(counts), self.aus)
 
     def periodic(self, state, step: int, writer) -> dict:
         result = self.evaluate(state.params)
@@ -110,8 +123,7 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
     source = input_pipeline.data_source(builder, split)
     model = finetune.build_model(config, len(aus))
     params = finetune.load_checkpoint_params(workdir)
-    mesh = sharding.make_mesh(config.mesh)
-    with jax.set_mesh(mesh):
+    with sharding.config_mesh(config):
         evaluator = Evaluator(model, finetune.level_settings(config), source,
                               finetune.sampler(config, train=False), aus, config.eval_batch_size, config.seed)
         result = evaluator.evaluate(params)

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from auvmae_jax import paths
+from auvmae_jax import paths, sharding
 
 log = logging.getLogger("auvmae")
 
@@ -114,7 +114,8 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
             finetune.build_model(config, len(aus)), finetune.level_settings(config),
             input_pipeline.data_source(builder, test_split), finetune.sampler(config, train=False), aus,
             config.eval_batch_size, config.seed)
-        probs, _, _ = evaluator.predict(params)
+        with sharding.config_mesh(config):
+            probs, _, _ = evaluator.predict(params)  # this process's clips
         learned_intra = np.asarray(knowledge.learned_intra(probs))
         learned_inter = np.asarray(knowledge.learned_inter(probs))
         paths.save_npy(paths.join(workdir, "priors", "learned_intra.npy"), learned_intra)

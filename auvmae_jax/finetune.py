@@ -127,12 +127,18 @@ def load_checkpoint_params(path: str) -> dict:
     ckpt_dir = paths.join(path, "checkpoints") if paths.exists(paths.join(path, "checkpoints")) else path
     if not paths.exists(ckpt_dir):
         raise UserError(f"init checkpoint {path}: no such directory")
-    manager = ocp.CheckpointManager(ckpt_dir)
+    manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
     step = manager.latest_step()
     if step is None:
         raise UserError(f"init checkpoint {path}: no checkpoint in {ckpt_dir}")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return jax.tree.map(np.asarray, restored.state["params"])
+    # The parameters alone, as whole host arrays in every process, however many devices and
+    # processes wrote them (a restore as saved would give arrays sharded over those devices).
+    saved = manager.item_metadata(step)["state"]["params"]
+    item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True)))
+    return restored.state["params"]
 
 
 def _source_settings(path: str) -> dict:

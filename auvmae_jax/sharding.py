@@ -7,8 +7,9 @@ Changing the parallelism is a config change.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -70,6 +71,14 @@ def rules_from_config(rules: Any) -> tuple[tuple[str, Any], ...]:
     for name, axes in rules:
         out.append((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes))
     return tuple(out)
+
+
+@contextlib.contextmanager
+def config_mesh(config: Any) -> Iterator[Mesh]:
+    """`config.mesh` and `config.logical_axis_rules` in effect for what runs inside."""
+    mesh = make_mesh(config.mesh)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_from_config(config.logical_axis_rules)):
+        yield mesh
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, rules) -> Any:

@@ -102,7 +102,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args: list[str], processes: int, devices: int, out_dir) -> list[dict]:
+def _launch(args: list[str], processes: int, devices: int, out_dir, script: str = SCRIPT) -> list[dict]:
     os.makedirs(out_dir, exist_ok=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     base.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
@@ -114,7 +114,7 @@ def _launch(args: list[str], processes: int, devices: int, out_dir) -> list[dict
         if processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                        JAX_PROCESS_ID=str(i))
-        procs.append(subprocess.Popen([sys.executable, "-c", SCRIPT, *args[:2], str(out_dir), *args[2:]],
+        procs.append(subprocess.Popen([sys.executable, "-c", script, *args[:2], str(out_dir), *args[2:]],
                                       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     results = []
@@ -131,6 +131,47 @@ def _launch(args: list[str], processes: int, devices: int, out_dir) -> list[dict
         results.append(json.loads(line[len("RESULT "):]))
     print(f"{processes} x {devices} devices: {time.perf_counter() - start:.1f} s")
     return results
+
+
+# argv: data_dir root out_dir. Pre-trains, fine-tunes from it (init_from) and evaluates, with the
+# weights sharded over every device of the job (fsdp): each process then holds only part of them.
+FINETUNE_SCRIPT = r"""
+import json, sys
+import jax
+from auvmae_jax import evaluation, finetune, pretrain
+from tests.conftest import mini_finetune_config, mini_pretrain_config
+
+data_dir, root = sys.argv[1], sys.argv[2]
+pre = mini_pretrain_config(data_dir)
+pre.num_train_steps, pre.mesh = 2, {"data": 1, "fsdp": 2}
+pretrain.train(pre, root + "/pre")
+ft = mini_finetune_config(data_dir)
+ft.init_from, ft.num_train_steps, ft.mesh = root + "/pre", 2, {"data": 1, "fsdp": 2}
+ft.eval_every = 1  # the periodic evaluation inside the training loop too
+_, history = finetune.train(ft, root + "/ft")
+result = evaluation.evaluate_workdir(root + "/ft")
+print("RESULT " + json.dumps({"process": jax.process_index(), "losses": [h["loss"] for h in history],
+                              "f1": result["f1"], "num_frames": result["num_frames"]}), flush=True)
+"""
+
+
+def test_two_processes_fine_tune_from_sharded_weights_and_score_the_whole_split(synthetic_data_dir, tmp_path):
+    two = _launch([synthetic_data_dir, str(tmp_path / "run")], 2, 1, tmp_path / "out", FINETUNE_SCRIPT)
+    assert two[0]["losses"] == two[1]["losses"] and len(two[0]["losses"]) == 2
+    # Each process predicts its own clips; the scores count all of them, the same on both.
+    assert two[0]["f1"] == two[1]["f1"] and two[0]["num_frames"] == two[1]["num_frames"]
+    # One process with both devices scores the same checkpoint alike.
+    code = ("import json, sys; from auvmae_jax import evaluation\n"
+            "print('RESULT ' + json.dumps(evaluation.evaluate_workdir(sys.argv[1])))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run" / "ft")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    assert one["num_frames"] == two[0]["num_frames"] > 0
+    assert one["f1"] == pytest.approx(two[0]["f1"])
 
 
 def test_environment_decides_how_to_join():
