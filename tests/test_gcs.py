@@ -124,6 +124,7 @@ print("RESULT " + json.dumps({
     "converted": [converted.task, converted.vit.width, converted.window]}))
 """
 
+
 def _run(script: str, args: list[str], env: dict) -> dict:
     proc = subprocess.run([sys.executable, "-c", script, *args], cwd=gcs_emulator.ROOT, env=env,
                           capture_output=True, text=True, timeout=400)
