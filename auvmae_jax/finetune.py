@@ -127,7 +127,8 @@ def load_checkpoint_params(path: str) -> dict:
     ckpt_dir = paths.join(path, "checkpoints") if paths.exists(paths.join(path, "checkpoints")) else path
     if not paths.exists(ckpt_dir):
         raise UserError(f"init checkpoint {path}: no such directory")
-    manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+    manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                                             "data": trainer.DataPositions()})
     step = manager.latest_step()
     if step is None:
         raise UserError(f"init checkpoint {path}: no checkpoint in {ckpt_dir}")
