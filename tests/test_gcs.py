@@ -52,7 +52,7 @@ import transformers
 import data_builders
 from etils import epath
 from tensorboardX.proto import event_pb2
-from auvmae_jax import convert, evaluation, features, finetune, paths, predict, pretrain, video_io
+from auvmae_jax import convert, evaluation, features, figures, finetune, paths, predict, pretrain, video_io
 from tests.conftest import TINY_SYNTHETIC, mini_finetune_config, mini_pretrain_config
 
 data_dir, local = sys.argv[1], sys.argv[2]
@@ -93,6 +93,7 @@ ft.num_train_steps = 2
 finetune.train(ft, "gs://bucket/ft")
 metrics = evaluation.evaluate_workdir("gs://bucket/ft")
 saved = json.loads((epath.Path("gs://bucket/ft") / "metrics.json").read_text())
+figures.priors_report(ft, "gs://bucket/ft", pair=(6, 12))  # `auvmae priors --workdir=gs://...`
 
 # Inference from checkpoints in the bucket, outputs into it; a converted model written there.
 video = local + "_clip.mp4"
@@ -158,7 +159,7 @@ def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path)
     # Fine-tuning from the bucket's encoder, into the bucket; its evaluation reads and writes there.
     ft_files = {"checkpoints", "config.json", "metrics.json", "metrics.md", "priors", "tensorboard"}
     assert ft_files <= set(out["ft"])
-    assert "intra_prior.npy" in out["priors"]
+    assert {"intra_prior.npy", "learned_intra.npy", "intra.png", "inter_AU6_AU12.png"} <= set(out["priors"])
     assert out["metrics_equal"]
     # `predict` and `features` read their checkpoints from the bucket and write their files there.
     assert out["predicted_frames"] == 12 and out["csv_rows"] == 13  # a header, then one row per frame
