@@ -77,8 +77,7 @@ class Evaluator:
     def evaluate(self, params) -> dict:
         """Scores over the whole split: every process's confusion counts, summed."""
         probs, labels, valid = self.predict(params)
-        counts = metrics.confusion_counts(probs, labels, valid) if len(probs) else {
-            **{k: np.zeros(len(self.aus), np.int64) for k in ("tp", "fp", "fn", "tn")}, "num_frames": 0}
+        counts = metrics.confusion_counts(probs, labels, valid)
         if jax.process_count() > 1:
             counts = {k: np.asarray(multihost_utils.process_allgather(np.asarray(v))).sum(0)
                       for k, v in counts.items()}
