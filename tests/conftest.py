@@ -10,6 +10,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # noqa: E402
 
+
+def free_port() -> int:
+    """A free TCP port on the loopback address (coordinators, emulators)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 TINY_SYNTHETIC = dict(image_size=32, clip_length=8, num_subjects=6, videos_per_subject=1,
                       frames_per_video=32, seed=0)
 

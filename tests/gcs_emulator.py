@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from tests.conftest import free_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -38,16 +40,10 @@ def _with_generation_headers() -> None:
     objects.download = download_with_generation
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running(staging_dir: str, bucket: str = "bucket"):
     """Emulator with `bucket` made; yields the environment for subprocesses that use it."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     emulator = subprocess.Popen(
         [sys.executable, "-m", "tests.gcs_emulator", "start", "--host=127.0.0.1", f"--port={port}",

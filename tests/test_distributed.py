@@ -6,7 +6,6 @@ JAX_NUM_PROCESSES and JAX_PROCESS_ID in the environment, `trainer.run` joins the
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from auvmae_jax import distributed
+from tests.conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,18 +96,12 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args: list[str], processes: int, devices: int, out_dir, script: str = SCRIPT) -> list[dict]:
     os.makedirs(out_dir, exist_ok=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     base.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                 PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    port = _free_port()
+    port = free_port()
     procs = []
     for i in range(processes):
         env = dict(base)
@@ -237,7 +231,7 @@ def test_gpu_node_launcher_starts_a_two_process_run(synthetic_data_dir, tmp_path
         "--config.prefetch_to_device=1"]
     base = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_"))}
     base.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu",
-                COORDINATOR=f"127.0.0.1:{_free_port()}", NUM_NODES="2",
+                COORDINATOR=f"127.0.0.1:{free_port()}", NUM_NODES="2",
                 PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     procs = [subprocess.Popen(["bash", "launch/gpu_node.sh", "pretrain", "--config=configs/pretrain.py:mini",
                                f"--workdir={work}", *overrides], env=dict(base, NODE_RANK=str(rank)),

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from tests import gcs_emulator
-from tests.conftest import TINY_SYNTHETIC
+from tests.conftest import TINY_SYNTHETIC, free_port
 
 BUILD_SCRIPT = r"""
 import json, os, sys
@@ -196,7 +196,7 @@ def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProces
         "--config.model.patch_size=8", "--config.model.dtype=float32", "--config.mask_ratio=0.75",
         "--config.batch_size=8", f"--config.num_train_steps={steps}", "--config.checkpoint_every=2",
         "--config.log_every=1", "--config.eval_every=1000", "--config.prefetch_to_device=1"]
-    env = dict(env, FAKE_COORDINATOR=f"127.0.0.1:{gcs_emulator._free_port()}")
+    env = dict(env, FAKE_COORDINATOR=f"127.0.0.1:{free_port()}")
     return subprocess.run(["bash", "launch/tpu_pod.sh", "pretrain", "--config=configs/pretrain.py:mini",
                            "--workdir=gs://bucket/pod", *overrides], cwd=gcs_emulator.ROOT, env=env,
                           capture_output=True, text=True, timeout=400)
