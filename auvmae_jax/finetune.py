@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from auvmae_jax import evaluation, input_pipeline, knowledge, losses, masking, paths, trainer
+from auvmae_jax import augment, evaluation, input_pipeline, knowledge, losses, masking, paths, trainer
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import AUDetector, ViTConfig
 
@@ -72,9 +72,10 @@ def visible_positions(key: jax.Array, batch: int, model: AUDetector, video_shape
 
 def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, level: Level,
                   priors: dict, lambdas: tuple[float, float, float], kind: str) -> tuple[jax.Array, dict]:
-    """Eq. 9 on a batch `{'frames': uint8 [B,T',H,W,3], 'labels', 'valid': uint8 [B,T,N]}`."""
+    """Eq. 9 on a batch `{'frames': uint8 [B,T',H,W,3], 'labels', 'valid': uint8 [B,T,N],
+    ('crop': [B, 4])}`."""
     mask_key, drop_key = jax.random.split(rng)
-    _, x = losses.normalize_frames(batch["frames"], model.cfg.dtype)
+    _, x = losses.normalize_frames(augment.batch_frames(batch), model.cfg.dtype)
     visible = visible_positions(mask_key, x.shape[0], model, x.shape, level.mask_ratio)
     logits = model.apply({"params": params}, x, visible, deterministic=False, rngs={"dropout": drop_key})
     valid = batch["valid"].astype(jnp.float32)

@@ -2,8 +2,9 @@
 
 A record holds `frames` (JPEG bytes per frame) and, for labelled datasets,
 `labels`/`valid` `[T, N]`. The pipeline samples `num_frames` frames with a
-temporal stride, decodes only those, applies one random resized crop and flip
-per clip, and batches uint8 frames; normalisation happens on the device.
+temporal stride, decodes only those, draws one random resized crop and flip per
+clip, and batches uint8 frames with the crop boxes; cropping (`augment`) and
+normalisation happen on the device.
 """
 
 from __future__ import annotations
@@ -93,6 +94,11 @@ class ClipSampler:
     horizontal flip with probability 1/2; evaluation takes the first frames, no
     crop and no flip. Labels cover every frame of the sampled span.
 
+    The crop is drawn here and applied on the device (`augment`): a training example
+    holds the decoded frames as stored and `crop`, float32 `[4]`, the box
+    `(x0, y0, x1, y1)` in pixels (`x0 > x1`: flipped). Only frames stored at another
+    size than `image_size` are cropped and resized here, with the identity box.
+
     `repeats > 1` (training; repeated sampling as in VideoMAE V2 and MAE-ST): the
     frames are decoded once and cut `repeats` times with their own crops and flips,
     arrays gain a leading `[repeats]` axis; each view gets its own mask on the device.
@@ -124,9 +130,12 @@ class ClipSampler:
             )
         start = int(rng.integers(0, len(frames) - span + 1)) if self.train else 0
         ids = range(start, start + span, self.temporal_stride)
-        images = [Image.open(io.BytesIO(bytes(frames[i]))).convert("RGB") for i in ids]
-        views = [self._view(images, rng) for _ in range(self.views)]
-        example = {"frames": np.stack(views) if self.views > 1 else views[0]}
+        images = [decode_jpeg(frames[i]) for i in ids]
+        size = (self.image_size, self.image_size)
+        # Frames stored at image_size go as they are (the device crops); others are resized here.
+        clip = np.stack([np.asarray(im) for im in images]) if images[0].size == size else None
+        views = [self._view(images, clip, rng) for _ in range(self.views)]
+        example = {k: np.stack([v[k] for v in views]) if self.views > 1 else views[0][k] for k in views[0]}
         if self.with_labels:
             full = range(start, start + self.num_frames * self.temporal_stride)
             for key in ("labels", "valid"):
@@ -138,14 +147,20 @@ class ClipSampler:
                     example[key] = np.stack([example[key]] * self.views)
         return example
 
-    def _view(self, images: list, rng: np.random.Generator | None) -> np.ndarray:
-        """`[T, S, S, 3]` uint8: one crop (and flip) of decoded frames."""
-        box = self._crop_box(images[0].size, rng) if self.train else None
+    def _view(self, images: list, clip: np.ndarray | None, rng: np.random.Generator | None) -> dict:
+        """One view: `frames` uint8 `[T, S, S, 3]` and, in training, its `crop` box."""
         size = (self.image_size, self.image_size)
-        out = np.stack([np.asarray(im.resize(size, Image.BILINEAR, box=box)) for im in images])
-        if self.train and self.flip and rng.random() < 0.5:
-            out = out[:, :, ::-1]
-        return np.ascontiguousarray(out)
+        if not self.train:
+            return {"frames": clip if clip is not None else
+                    np.stack([np.asarray(im.resize(size, Image.BILINEAR)) for im in images])}
+        x0, y0, x1, y1 = self._crop_box(images[0].size, rng)
+        flip = self.flip and rng.random() < 0.5
+        if clip is not None:  # cropped on the device (augment.resized_crop); x0 > x1 mirrors
+            return {"frames": clip, "crop": np.asarray((x1, y0, x0, y1) if flip else (x0, y0, x1, y1),
+                                                       np.float32)}
+        out = np.stack([np.asarray(im.resize(size, Image.BILINEAR, box=(x0, y0, x1, y1))) for im in images])
+        return {"frames": np.ascontiguousarray(out[:, :, ::-1] if flip else out),
+                "crop": np.asarray((0, 0, *size), np.float32)}  # the identity box
 
     def _crop_box(self, size: tuple[int, int], rng: np.random.Generator):
         """Random resized crop box (x0, y0, x1, y1), torchvision's sampling rule."""
@@ -161,6 +176,12 @@ class ClipSampler:
                 y0 = int(rng.integers(0, height - h + 1))
                 return (x0, y0, x0 + w, y0 + h)
         return (0, 0, width, height)
+
+
+def decode_jpeg(data) -> Image.Image:
+    """JPEG bytes -> RGB image (greyscale or CMYK frames converted)."""
+    image = Image.open(io.BytesIO(bytes(data)))
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 # ---------------------------------------------------------------------------- datasets

@@ -12,7 +12,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def normalize_frames(frames: jax.Array, dtype=jnp.float32) -> tuple[jax.Array, jax.Array]:
-    """uint8 `[..., 3]` -> (`[0, 1]` float32 frames, ImageNet-normalised frames in `dtype`)."""
+    """`[..., 3]` uint8 (or float, 0..255) -> (`[0, 1]` float32 frames, ImageNet-normalised
+    frames in `dtype`)."""
     x01 = frames.astype(jnp.float32) / 255.0
     mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
     std = jnp.asarray(IMAGENET_STD, jnp.float32)

@@ -14,7 +14,7 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from auvmae_jax import data_mixture, input_pipeline, losses, masking, trainer
+from auvmae_jax import augment, data_mixture, input_pipeline, losses, masking, trainer
 from auvmae_jax.models import VideoMAE, ViTConfig
 
 log = logging.getLogger("auvmae")
@@ -22,16 +22,17 @@ log = logging.getLogger("auvmae")
 
 def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float,
                   norm_pix: bool) -> tuple[jax.Array, dict]:
-    """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3]}`."""
+    """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3], ('crop': [B, 4])}`."""
     mask_key, drop_key = jax.random.split(rng)
-    x, visible, masked, target = mae_inputs(batch["frames"], mask_key, model.cfg, mask_ratio, norm_pix)
+    frames = augment.batch_frames(batch)
+    x, visible, masked, target = mae_inputs(frames, mask_key, model.cfg, mask_ratio, norm_pix)
     pred = model.apply({"params": params}, x, visible, masked, deterministic=False,
                        rngs={"dropout": drop_key})
     return losses.reconstruction_loss(pred, target), {}
 
 
 def mae_inputs(frames: jax.Array, key: jax.Array, cfg: ViTConfig, mask_ratio: float, norm_pix: bool):
-    """uint8 `[B, T, H, W, 3]` -> (normalised frames, visible and masked positions, targets
+    """`[B, T, H, W, 3]` (0..255) -> (normalised frames, visible and masked positions, targets
     of the masked tubelets): everything the model and the loss take besides the parameters."""
     x01, x = losses.normalize_frames(frames, cfg.dtype)
     tt, hp, wp = cfg.grid(*x.shape[1:4])

@@ -4,9 +4,12 @@
 
 Builds a small synthetic face dataset (JPEG frames in ArrayRecord, the record schema
 of every builder) once under `--data_dir`, then times the training pipeline
-(decode the sampled frames, random resized crop, flip, batch) for each worker count,
+(decode the sampled frames, draw a random resized crop and flip, batch) for each worker count,
 and prints it beside the clips/s the model consumes (from `bench_steps` results, if
-given). Skips with a message where grain or TFDS is not installed.
+given). Frames stored at the sampled size are cropped on the device, in the training
+step (`augment`), so the host only decodes; `--stored_size` other than `--image_size`
+times the host's crop-and-resize path too. Skips with a message where grain or TFDS is
+not installed.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="0,2,4,8")
     p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--image_size", type=int, default=224, help="stored and sampled frame size")
+    p.add_argument("--image_size", type=int, default=224, help="sampled frame size")
+    p.add_argument("--stored_size", type=int, default=0,
+                   help="stored frame size (default: image_size; another size: cropped on the host)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
     p.add_argument("--read_threads", type=int, default=16, help="threads per reading process")
@@ -67,7 +72,8 @@ def main(argv=None) -> int:
     from auvmae_jax import input_pipeline
 
     clip = max(args.frames, 16)
-    synthetic = dict(image_size=args.image_size, clip_length=clip, num_subjects=4, videos_per_subject=1,
+    stored = args.stored_size or args.image_size
+    synthetic = dict(image_size=stored, clip_length=clip, num_subjects=4, videos_per_subject=1,
                      frames_per_video=2 * clip, seed=0)
     start = time.perf_counter()
     builder = data_builders.build_synthetic(args.data_dir, **synthetic)
@@ -92,11 +98,12 @@ def main(argv=None) -> int:
         rate = timed * args.batch / seconds
         r = {"workers": workers, "read_threads": args.read_threads, "repeats": args.repeats,
              "clips_per_s": round(rate, 2),
-             "frames": args.frames, "image_size": args.image_size, "batch": args.batch,
+             "frames": args.frames, "image_size": args.image_size, "stored_size": stored,
+             "crop": "device" if stored == args.image_size else "host", "batch": args.batch,
              "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
         print(f"input pipeline: {workers} workers x {args.read_threads} threads, {args.repeats} views per "
-              f"decoded clip: {rate:.1f} clips/s "
-              f"({args.frames}x{args.image_size}px clips, {os.cpu_count()} CPUs)", flush=True)
+              f"decoded clip: {rate:.1f} clips/s ({args.frames}x{args.image_size}px clips stored at "
+              f"{stored}px, crop on the {r['crop']}, {os.cpu_count()} CPUs)", flush=True)
         emit(r, args.out)
         del it
     for line in model_rates(args.model_results, args.frames):

@@ -86,6 +86,11 @@ def _priors(labels: np.ndarray) -> dict:
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
     s = setup.image_size
     batch = {"frames": rng.integers(0, 256, (setup.batch, setup.frames, s, s, 3), dtype=np.uint8)}
+    # Training batches carry their crop boxes (cropped inside the step, as in training): here
+    # the centre 80% of the frame, mirrored in every other clip.
+    lo, hi = 0.1 * s, 0.9 * s
+    batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
+                                for i in range(setup.batch)], np.float32)
     if setup.task == "finetune":
         batch["labels"] = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
         batch["valid"] = np.ones_like(batch["labels"])
@@ -222,6 +227,13 @@ def model_flops(setup: Setup) -> float:
     return fwd if setup.task == "infer" else 3 * fwd
 
 
+def crop_flops(setup: Setup) -> float:
+    """FLOPs of the training step's crop (`augment.resized_crop`: two matmuls per clip
+    over every frame), not counted in the model's FLOPs or its MFU."""
+    s = setup.image_size
+    return 0.0 if setup.task == "infer" else 2 * (2 * setup.batch * setup.frames * s**3 * 3)
+
+
 def _cost(stage) -> dict:
     try:
         cost = stage.cost_analysis()
@@ -272,7 +284,8 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, mesh=None) -> dict:
                   step_ms=round(seconds * 1e3, 3) if timed else None,
                   clips_per_s=round(setup.batch / seconds, 2) if timed else None,
                   tokens_per_s=round(setup.batch * tt * hp * wp / seconds, 1) if timed else None,
-                  model_flops_per_step=flops, xla_flops_per_step=xla_flops,
+                  model_flops_per_step=flops, crop_flops_per_step=crop_flops(setup),
+                  xla_flops_per_step=xla_flops,
                   peak_tflops_per_device=None if peak is None else peak / 1e12,
                   mfu=None if peak is None or not timed else round(flops / seconds / (peak * n_dev), 4),
                   compiled_bytes=_memory(compiled), peak_bytes_in_use=peak_bytes_in_use())

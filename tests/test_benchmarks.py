@@ -67,7 +67,8 @@ def test_model_flops_count_the_architecture():
 
 @pytest.mark.parametrize("task,mask", [("pretrain", 0.9), ("pretrain", 0.5), ("finetune", 0), ("infer", 0)])
 def test_model_flops_agree_with_xla_cost_analysis(task, mask):
-    """The architecture count (matmuls) is within a few % of XLA's count of the whole step."""
+    """The architecture count (matmuls, and the crop's) is within a few % of XLA's count of the
+    whole step."""
     import flax.linen as nn
     import jax
 
@@ -80,7 +81,10 @@ def test_model_flops_agree_with_xla_cost_analysis(task, mask):
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
         fn, args, _ = steps.build(setup, mesh, sharding.DEFAULT_RULES)
         xla = steps._cost(fn.lower(*args))["flops"]
-    assert steps.model_flops(setup) == pytest.approx(xla, rel=0.06)
+    # Training: two [128 x 128] resampling matmuls per frame and channel (inference: no crop).
+    crop = 0 if task == "infer" else 2 * 2 * 8 * 8 * 128**3 * 3
+    assert steps.crop_flops(setup) == crop
+    assert steps.model_flops(setup) + crop == pytest.approx(xla, rel=0.06)
 
 
 def test_device_peaks():
@@ -100,7 +104,11 @@ def test_input_benchmark_times_the_pipeline(tmp_path):
     text, results = _run("benchmarks.bench_input", "--quick", "--workers=0",
                          f"--data_dir={tmp_path / 'tfds'}")
     assert len(results) == 1 and results[0]["workers"] == 0 and results[0]["clips_per_s"] > 0
-    assert results[0]["shape"] == [4, 4, 32, 32, 3]
+    assert results[0]["shape"] == [4, 4, 32, 32, 3] and results[0]["crop"] == "device"
+    text, results = _run("benchmarks.bench_input", "--quick", "--workers=0", "--stored_size=40",
+                         f"--data_dir={tmp_path / 'tfds'}")
+    assert results[0]["shape"] == [4, 4, 32, 32, 3] and results[0]["crop"] == "host"
+    assert "stored at 40px, crop on the host" in text
 
 
 def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):

@@ -52,7 +52,8 @@ class Recording:
 class Replay:
     def __init__(self, path):
         f = np.load(path)
-        self.batches = [{"frames": f[k]} for k in sorted(f.files)]
+        steps = sorted({k.split("/")[0] for k in f.files})
+        self.batches = [{k.split("/")[1]: f[k] for k in f.files if k.startswith(s + "/")} for s in steps]
         self.i = 0
     def __iter__(self): return self
     def __next__(self):
@@ -85,9 +86,9 @@ if not replay:
     glob, steps = {}, [h["step"] for h in history]
     for step, host in zip(steps, recorded):
         g = multihost_utils.process_allgather(sharding.host_batch_to_global(host, spec), tiled=True)
-        glob[f"{step:03d}"] = np.asarray(g["frames"])
+        glob.update({f"{step:03d}/{k}": np.asarray(v) for k, v in g.items()})  # frames, crop boxes
     np.savez(os.path.join(out_dir, f"local_{pid}.npz"),
-             **{f"{step:03d}": np.asarray(b["frames"]) for step, b in zip(steps, recorded)})
+             **{f"{step:03d}/{k}": np.asarray(v) for step, b in zip(steps, recorded) for k, v in b.items()})
     if pid == 0:
         np.savez(os.path.join(out_dir, "global.npz"), **glob)
 if pid == 0:
@@ -202,8 +203,9 @@ def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir,
         for k in local[0].files:
             assert local[0][k].shape[0] == local[1][k].shape[0] == 4
             np.testing.assert_array_equal(glob[k], np.concatenate([local[0][k], local[1][k]]))
-            assert not {c.tobytes() for c in local[0][k]} & {c.tobytes() for c in local[1][k]}
-    assert sorted(glob) == [f"{s:03d}" for s in range(1, 6)]
+            if k.endswith("/frames"):
+                assert not {c.tobytes() for c in local[0][k]} & {c.tobytes() for c in local[1][k]}
+    assert sorted(glob) == [f"{s:03d}/{k}" for s in range(1, 6) for k in ("crop", "frames")]
     np.savez(tmp_path / "global.npz", **glob)
 
     # One process with 8 devices, fed the same global batches, computes the same run.
