@@ -5,10 +5,14 @@
 #       --workdir=gs://my-bucket/runs/vitb --config.data.data_dir=gs://my-bucket/tensorflow_datasets \
 #       --config.batch_size=1024
 #
-# Copies this checkout (committed files) to every worker, installs it with jax[tpu],
+# Copies this checkout (committed files) to every worker as ~/auvmae, installs it there,
 # and starts the same command on all of them; each worker joins the others through
 # jax.distributed (AUVMAE_DISTRIBUTED=1: the TPU environment gives the rest). Data,
 # checkpoints and TensorBoard logs go to gs:// so every worker sees them.
+# The install (INSTALL, run in ~/auvmae on each worker) makes ~/auvmae-venv with uv and a
+# Python of its own (PYTHON_VERSION, 3.12): the TPU images' Python (3.10 on Ubuntu 22.04)
+# is older than jax supports; JAX_SPEC pins jax. The command runs with ~/auvmae-venv's
+# python where it exists, the worker's python3 otherwise.
 # After a preemption (SIGTERM: a checkpoint is saved) recreate the slice and run the
 # same line again: it resumes from the workdir. SETUP=0 skips copying and installing.
 set -euo pipefail
@@ -16,13 +20,22 @@ set -euo pipefail
 GCLOUD=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all)
 on_all() { "${GCLOUD[@]}" ssh "$TPU" "${WHERE[@]}" --command="$1"; }
+JAX_SPEC=${JAX_SPEC:-'jax[tpu]>=0.10,<0.12'}
+UV='export PATH=~/.local/bin:$PATH && { command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; }'
+INSTALL=${INSTALL:-"$UV && uv venv -q --allow-existing --python ${PYTHON_VERSION:-3.12} ~/auvmae-venv && \
+  uv pip install -q --python ~/auvmae-venv/bin/python '$JAX_SPEC' -e '.[gcs]'"}
 
 if [ "${SETUP:-1}" = 1 ]; then
   cd "$(dirname "$0")/.."
-  git archive --format=tar.gz -o /tmp/auvmae.tgz HEAD
-  "${GCLOUD[@]}" scp /tmp/auvmae.tgz "$TPU":auvmae.tgz "${WHERE[@]}"
-  on_all "rm -rf ~/auvmae && mkdir -p ~/auvmae && tar -xzf ~/auvmae.tgz -C ~/auvmae && \
-    cd ~/auvmae && python3 -m pip install -q -U 'jax[tpu]>=0.10,<0.12' -e '.[gcs]'"
+  if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
+    echo "tpu_pod.sh: uncommitted changes are not copied (the workers get HEAD, $(git rev-parse --short HEAD))" >&2
+  fi
+  archive=$(mktemp -t auvmae.XXXXXX.tgz)
+  git archive --format=tar.gz -o "$archive" HEAD
+  "${GCLOUD[@]}" scp "$archive" "$TPU":auvmae.tgz "${WHERE[@]}"
+  rm -f "$archive"
+  on_all "set -eo pipefail; rm -rf ~/auvmae && mkdir -p ~/auvmae && tar -xzf ~/auvmae.tgz -C ~/auvmae && cd ~/auvmae && $INSTALL"
 fi
 ARGS=$(printf '%q ' "$@")
-on_all "set -o pipefail; cd ~/auvmae && AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 python3 -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"
+on_all "set -o pipefail; cd ~/auvmae && PY=~/auvmae-venv/bin/python && { [ -x \$PY ] || PY=python3; } && \
+  AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 \$PY -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"

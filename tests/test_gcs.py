@@ -170,24 +170,34 @@ def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path)
 
 
 # `gcloud compute tpus tpu-vm ssh TPU --worker=all --command=CMD` on this machine: CMD runs once
-# per "worker", each in its own home folder (holding the checkout as ~/auvmae, as the launcher's
-# set-up leaves it) and told how to join the others, as a TPU VM's metadata tells jax.
+# per "worker", each in its own home folder, told how to join the others as a TPU VM's metadata
+# tells jax; `gcloud compute tpus tpu-vm scp FILE TPU:NAME --worker=all` copies FILE into each home.
 FAKE_GCLOUD = r"""#!/usr/bin/env bash
 set -uo pipefail
-[ "$1 $2 $3 $4" = "compute tpus tpu-vm ssh" ] || { echo "fake gcloud: only tpu-vm ssh: $*" >&2; exit 2; }
+case "$1 $2 $3 $4" in
+  "compute tpus tpu-vm scp")
+    for i in $(seq 0 $((FAKE_WORKERS - 1))); do cp "$5" "$FAKE_HOMES/worker$i/${6#*:}" || exit 1; done
+    exit 0;;
+  "compute tpus tpu-vm ssh") ;;
+  *) echo "fake gcloud: only tpu-vm ssh and scp: $*" >&2; exit 2;;
+esac
 for a in "$@"; do
   case "$a" in --command=*) cmd="${a#--command=}";; --worker=*) [ "$a" = --worker=all ] || exit 2;; esac
 done
 pids=()
 for i in $(seq 0 $((FAKE_WORKERS - 1))); do
   HOME="$FAKE_HOMES/worker$i" JAX_COORDINATOR_ADDRESS="$FAKE_COORDINATOR" JAX_NUM_PROCESSES="$FAKE_WORKERS" \
-    JAX_PROCESS_ID="$i" bash -c "$cmd" > "$FAKE_HOMES/worker$i.out" 2>&1 &
+    JAX_PROCESS_ID="$i" bash -c "$cmd" >> "$FAKE_HOMES/worker$i.out" 2>&1 &
   pids+=($!)
 done
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 exit $rc
 """
+# The install step on the stand-in workers: a venv over this machine's packages (no downloads),
+# the copied checkout installed into it (the real one makes a venv with uv and installs jax[tpu]).
+FAKE_INSTALL = ("python3 -m venv --system-site-packages ~/auvmae-venv && "
+                "~/auvmae-venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .")
 
 
 def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProcess:
@@ -203,19 +213,19 @@ def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProces
 
 
 def test_tpu_pod_launcher_trains_two_workers_into_a_bucket_and_resumes(tmp_path):
-    """`launch/tpu_pod.sh` (SETUP=0: the checkout is in place) on two stand-in workers of one
-    CPU device each: data and workdir in the emulator's bucket, as on a pod."""
+    """`launch/tpu_pod.sh` on two stand-in workers of one CPU device each: the committed checkout
+    copied and installed on each, data and workdir in the emulator's bucket, as on a pod; then
+    the same line again (SETUP=0: installed already) resumes from the bucket."""
     bin_dir, homes = tmp_path / "bin", tmp_path / "homes"
     bin_dir.mkdir()
     (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
     (bin_dir / "gcloud").chmod(0o755)
     for i in (0, 1):
         (homes / f"worker{i}").mkdir(parents=True)
-        (homes / f"worker{i}" / "auvmae").symlink_to(gcs_emulator.ROOT)
     with gcs_emulator.running(tmp_path / "staging") as env:
         env = {k: v for k, v in env.items() if not k.startswith(("JAX_", "SLURM_"))}
-        env.update(TPU="test-pod", ZONE="test-zone", SETUP="0", FAKE_WORKERS="2", FAKE_HOMES=str(homes),
-                   XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        env.update(TPU="test-pod", ZONE="test-zone", INSTALL=FAKE_INSTALL, FAKE_WORKERS="2",
+                   FAKE_HOMES=str(homes), XLA_FLAGS="--xla_force_host_platform_device_count=1",
                    PATH=os.pathsep.join([str(bin_dir), os.path.dirname(sys.executable), env["PATH"]]))
         _run("import json, sys, data_builders\n"
              "data_builders.build_synthetic('gs://bucket/tfds', **json.loads(sys.argv[1]))\n"
@@ -223,6 +233,19 @@ def test_tpu_pod_launcher_trains_two_workers_into_a_bucket_and_resumes(tmp_path)
         first = _pod_run(env, 4, "gs://bucket/tfds")
         logs = [(homes / f"worker{i}.out").read_text() for i in (0, 1)]
         assert first.returncode == 0, first.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
+        # Each worker holds HEAD's files as ~/auvmae, installed into its own ~/auvmae-venv.
+        committed = subprocess.run(["git", "ls-files"], cwd=gcs_emulator.ROOT, capture_output=True,
+                                   text=True, check=True).stdout.split()
+        for i in (0, 1):
+            copied = {str(p.relative_to(homes / f"worker{i}" / "auvmae"))
+                      for p in (homes / f"worker{i}" / "auvmae").rglob("*") if p.is_file()}
+            assert {"launch/tpu_pod.sh", "auvmae_jax/trainer.py", "setup.py"} <= copied
+            assert copied - {f for f in copied if "egg-info" in f or "__pycache__" in f} <= set(committed)
+            where = subprocess.run([str(homes / f"worker{i}" / "auvmae-venv" / "bin" / "python"), "-c",
+                                    "import auvmae_jax; print(auvmae_jax.__file__)"], cwd="/",
+                                   capture_output=True, text=True, timeout=60)
+            assert where.stdout.strip() == str(homes / f"worker{i}" / "auvmae" / "auvmae_jax" / "__init__.py")
+        env["SETUP"] = "0"
         second = _pod_run(env, 6, "gs://bucket/tfds")  # the same line, more steps: resumes at 4
         logs2 = [(homes / f"worker{i}.out").read_text() for i in (0, 1)]
         assert second.returncode == 0, second.stderr[-2000:] + logs2[0][-2000:] + logs2[1][-2000:]
