@@ -194,10 +194,11 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 exit $rc
 """
-# The install step on the stand-in workers: a venv over this machine's packages (no downloads),
-# the copied checkout installed into it (the real one makes a venv with uv and installs jax[tpu]).
+# The install step on the stand-in workers: a venv over this machine's packages, the copied
+# checkout installed into it without its dependencies (the real one makes a venv with uv and its
+# own Python and installs jax[tpu] and the rest).
 FAKE_INSTALL = ("python3 -m venv --system-site-packages ~/auvmae-venv && "
-                "~/auvmae-venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .")
+                "~/auvmae-venv/bin/python -m pip install -q --no-deps -e .")
 
 
 def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProcess:
