@@ -194,11 +194,12 @@ rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 exit $rc
 """
-# The install step on the stand-in workers: a venv over this machine's packages, the copied
-# checkout installed into it without its dependencies (the real one makes a venv with uv and its
-# own Python and installs jax[tpu] and the rest).
-FAKE_INSTALL = ("python3 -m venv --system-site-packages ~/auvmae-venv && "
-                "~/auvmae-venv/bin/python -m pip install -q --no-deps -e .")
+# The install step on the stand-in workers (the real one makes a venv with uv and its own Python
+# and installs jax[tpu] and the rest): a venv over this machine's packages, the copied checkout
+# put on its path (a .pth file: seconds, where a pip build of it takes half a minute).
+FAKE_INSTALL = ("python3 -m venv --without-pip --system-site-packages ~/auvmae-venv && "
+                "echo \"$PWD\" > \"$(~/auvmae-venv/bin/python -c "
+                "'import sysconfig; print(sysconfig.get_path(\"purelib\"))')/auvmae.pth\"")
 
 
 def _pod_run(env: dict, steps: int, data_dir: str) -> subprocess.CompletedProcess:
