@@ -86,11 +86,10 @@ def _priors(labels: np.ndarray) -> dict:
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
     s = setup.image_size
     batch = {"frames": rng.integers(0, 256, (setup.batch, setup.frames, s, s, 3), dtype=np.uint8)}
-    # Training batches carry their crop boxes (cropped inside the step, as in training): here
-    # the centre 80% of the frame, mirrored in every other clip.
-    lo, hi = 0.1 * s, 0.9 * s
-    batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
-                                for i in range(setup.batch)], np.float32)
+    if setup.task != "infer":  # training batches carry crop boxes, cropped inside the step:
+        lo, hi = 0.1 * s, 0.9 * s  # here the centre 80% of the frame, mirrored in every other clip
+        batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
+                                    for i in range(setup.batch)], np.float32)
     if setup.task == "finetune":
         batch["labels"] = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
         batch["valid"] = np.ones_like(batch["labels"])

@@ -30,10 +30,10 @@ if [ "${SETUP:-1}" = 1 ]; then
   if [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     echo "tpu_pod.sh: uncommitted changes are not copied (the workers get HEAD, $(git rev-parse --short HEAD))" >&2
   fi
-  archive=$(mktemp -t auvmae.XXXXXX.tgz)
-  git archive --format=tar.gz -o "$archive" HEAD
-  "${GCLOUD[@]}" scp "$archive" "$TPU":auvmae.tgz "${WHERE[@]}"
-  rm -f "$archive"
+  tmp=$(mktemp -d)
+  git archive --format=tar.gz -o "$tmp/auvmae.tgz" HEAD
+  "${GCLOUD[@]}" scp "$tmp/auvmae.tgz" "$TPU":auvmae.tgz "${WHERE[@]}"
+  rm -rf "$tmp"
   on_all "set -eo pipefail; rm -rf ~/auvmae && mkdir -p ~/auvmae && tar -xzf ~/auvmae.tgz -C ~/auvmae && cd ~/auvmae && $INSTALL"
 fi
 ARGS=$(printf '%q ' "$@")
