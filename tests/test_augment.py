@@ -1,13 +1,12 @@
 """The device-side random resized crop (augment) against hand-computed values and PIL."""
 
-import io
-
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from auvmae_jax import augment
 from auvmae_jax.input_pipeline import ClipSampler
+from data_builders import clips
 
 
 def _row(values):
@@ -50,12 +49,6 @@ def test_matches_pil_resize_with_a_box_up_to_its_rounding():
         assert np.abs(got - want).max() <= 1.25 and np.abs(got - want).mean() < 0.5
 
 
-def _jpeg(frame):
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="JPEG", quality=95)
-    return buf.getvalue()
-
-
 def test_sampler_leaves_frames_at_image_size_to_the_device_crop():
     """Stored at image_size: the sampler hands over the decoded frames and a box; the device's crop
     of them is the crop the sampler makes on the host for frames stored at another size."""
@@ -63,10 +56,10 @@ def test_sampler_leaves_frames_at_image_size_to_the_device_crop():
     base = rng.integers(0, 256, (6, 6, 3)).astype(np.uint8)
     frames = [np.array(Image.fromarray(base).resize((32, 32), Image.BICUBIC)) for _ in range(4)]
     frames[0][:, 16:, 1] = 255
-    record = {"frames": np.array([_jpeg(f) for f in frames], dtype=object)}
+    record = {"frames": np.array([clips.encode_jpeg(f, 95) for f in frames], dtype=object)}
     kw = dict(num_frames=4, temporal_stride=1, train=True, crop_scale=(0.3, 0.6))
     device = ClipSampler(image_size=32, **kw)
-    decoded = np.stack([np.asarray(Image.open(io.BytesIO(b))) for b in record["frames"]])
+    decoded = np.stack([clips.decode_jpeg(b) for b in record["frames"]])
     flips = set()
     for seed in range(12):
         out = device(record, np.random.default_rng(seed))
