@@ -32,7 +32,8 @@ setup(
         "etils[epath]",  # workdir paths, gs:// included (orbax needs it too)
     ],
     extras_require={
-        "test": ["pytest", "ruff", "torch==2.13.0", "transformers",
+        "test": ["pytest", "pytest-xdist",  # the suite runs on every core (-n auto)
+                 "ruff", "torch==2.13.0", "transformers",
                  "apache-beam>=2.60",  # the face-video builder's DirectRunner test (~2 min to install)
                  "gcsfs", "gcp-storage-emulator"],  # gs:// data dirs against a local GCS emulator
         "beam": ["apache-beam>=2.60"],
