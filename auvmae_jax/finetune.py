@@ -59,7 +59,8 @@ def sampler(config: Any, train: bool) -> input_pipeline.ClipSampler:
     return input_pipeline.ClipSampler(
         num_frames=level.num_frames, temporal_stride=level.temporal_stride,
         image_size=config.data.image_size, train=train, crop_scale=tuple(config.data.crop_scale),
-        crop_ratio=tuple(config.data.crop_ratio), flip=config.data.flip, with_labels=True)
+        crop_ratio=tuple(config.data.crop_ratio), flip=config.data.flip, with_labels=True,
+        repeats=config.data.get("repeats", 1))
 
 
 def visible_positions(key: jax.Array, batch: int, model: AUDetector, video_shape, ratio: float):
@@ -73,9 +74,10 @@ def visible_positions(key: jax.Array, batch: int, model: AUDetector, video_shape
 def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, level: Level,
                   priors: dict, lambdas: tuple[float, float, float], kind: str) -> tuple[jax.Array, dict]:
     """Eq. 9 on a batch `{'frames': uint8 [B,T',H,W,3], 'labels', 'valid': uint8 [B,T,N],
-    ('crop': [B, 4])}`."""
+    ('crop': [B, 4])}` (or repeated views, `augment.apply_crops`)."""
     mask_key, drop_key = jax.random.split(rng)
-    _, x = losses.normalize_frames(augment.batch_frames(batch), model.cfg.dtype)
+    batch = augment.apply_crops(batch)
+    _, x = losses.normalize_frames(batch["frames"], model.cfg.dtype)
     visible = visible_positions(mask_key, x.shape[0], model, x.shape, level.mask_ratio)
     logits = model.apply({"params": params}, x, visible, deterministic=False, rngs={"dropout": drop_key})
     valid = batch["valid"].astype(jnp.float32)

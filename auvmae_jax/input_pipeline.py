@@ -99,10 +99,12 @@ class ClipSampler:
     `(x0, y0, x1, y1)` in pixels (`x0 > x1`: flipped). Only frames stored at another
     size than `image_size` are cropped and resized here, with the identity box.
 
-    `repeats > 1` (training; repeated sampling as in VideoMAE V2 and MAE-ST): the
-    frames are decoded once and cut `repeats` times with their own crops and flips,
-    arrays gain a leading `[repeats]` axis; each view gets its own mask on the device.
-    JPEG decoding, the input pipeline's main cost, is then paid once per `repeats` samples.
+    `repeats = r > 1` (training; repeated sampling as in VideoMAE V2 and MAE-ST): the
+    frames are decoded once and cut `r` times with their own crops and flips. The
+    example holds the frames once, `crop` `[r, 4]` and the labels once; the device makes
+    the views (`augment.apply_crops`), each with its own mask. JPEG decoding, the input
+    pipeline's main cost, is then paid, and the frames copied and sent, once per `r`
+    samples. (Frames cropped on the host come per view: `[r, T, S, S, 3]`.)
     """
 
     num_frames: int
@@ -135,7 +137,11 @@ class ClipSampler:
         # Frames stored at image_size go as they are (the device crops); others are resized here.
         clip = np.stack([np.asarray(im) for im in images]) if images[0].size == size else None
         views = [self._view(images, clip, rng) for _ in range(self.views)]
-        example = {k: np.stack([v[k] for v in views]) if self.views > 1 else views[0][k] for k in views[0]}
+        if self.views == 1:
+            example = views[0]
+        else:  # the frames once where the device crops them
+            example = {"frames": clip if clip is not None else np.stack([v["frames"] for v in views]),
+                       "crop": np.stack([v["crop"] for v in views])}
         if self.with_labels:
             full = range(start, start + self.num_frames * self.temporal_stride)
             for key in ("labels", "valid"):
@@ -143,8 +149,6 @@ class ClipSampler:
                 # Past the clip's end (stride > 1) labels are unknown: valid = 0.
                 padded = np.concatenate([arr, np.zeros((len(full), arr.shape[1]), arr.dtype)])
                 example[key] = padded[full.start:full.stop].astype(np.uint8)
-                if self.views > 1:
-                    example[key] = np.stack([example[key]] * self.views)
         return example
 
     def _view(self, images: list, clip: np.ndarray | None, rng: np.random.Generator | None) -> dict:
@@ -198,7 +202,8 @@ def make_dataset(
     repeat: bool = True,
     shard_by_process: bool = True,
 ) -> grain.IterDataset:
-    """Per-process batches of `batch_size // process_count` clips.
+    """Per-process batches of `batch_size // process_count` examples (with `r` views per
+    clip, `data.repeats`: that many / r clips, each with its r crop boxes).
 
     Each process reads its own strided shard of the records. Training shuffles
     (re-shuffled every epoch) and repeats forever. Batches are made by
@@ -223,9 +228,7 @@ def make_dataset(
     if repeat:
         ds = ds.shuffle().repeat()
     ds = ds.random_map(sampler) if sampler.train else ds.map(sampler)
-    ds = ds.batch(local_batch // repeats, drop_remainder=repeat)
-    if repeats > 1:  # [B/r, r, ...] -> [B, ...]: a clip's views side by side in the batch
-        ds = ds.map(lambda b: {k: v.reshape(-1, *v.shape[2:]) for k, v in b.items()})
+    ds = ds.batch(local_batch // repeats, drop_remainder=repeat)  # clips; their views on the device
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_threads))
     if worker_count > 0:
         from absl import flags

@@ -22,9 +22,10 @@ log = logging.getLogger("auvmae")
 
 def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float,
                   norm_pix: bool) -> tuple[jax.Array, dict]:
-    """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3], ('crop': [B, 4])}`."""
+    """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3], ('crop': [B, 4])}`
+    (or repeated views, `augment.apply_crops`)."""
     mask_key, drop_key = jax.random.split(rng)
-    frames = augment.batch_frames(batch)
+    frames = augment.apply_crops(batch)["frames"]
     x, visible, masked, target = mae_inputs(frames, mask_key, model.cfg, mask_ratio, norm_pix)
     pred = model.apply({"params": params}, x, visible, masked, deterministic=False,
                        rngs={"dropout": drop_key})

@@ -309,6 +309,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         resuming = manager.latest_step() is not None
         state, state_shardings = init_state(task, tx, mesh, rules, config.seed, load_initial=not resuming)
         batch_sharding = sharding.batch_sharding(mesh, rules)
+        check_batch(config, sharding.batch_shards(batch_sharding))
         data_iter = iter(task.train_data)
         state = _restore(manager, state, data_iter)
         first = int(state.step)
@@ -356,6 +357,17 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
             writer.flush()
     log.info("checkpoints: %s", os.path.join(workdir, "checkpoints"))
     return state, history
+
+
+def check_batch(config: Any, shards: int) -> None:
+    """The clips of a step (`batch_size / data.repeats`: a clip's views stay together) must
+    split evenly over the batch's shards and the micro-batches of gradient accumulation."""
+    views, accum = config.get("data", {}).get("repeats", 1), config.grad_accum_steps
+    parts = shards * accum
+    if config.batch_size % (views * parts):
+        raise UserError(
+            f"batch_size {config.batch_size} does not split into {shards} batch shards x {accum} "
+            f"micro-batches of whole clips ({views} views each): use a multiple of {views * parts}")
 
 
 def total_steps(config: Any, steps_per_epoch: int) -> int:

@@ -83,7 +83,7 @@ def part_functions(setup: bench.Setup, p: bench.Prepared) -> dict[str, tuple]:
         grid = cfg.grid(setup.frames, setup.image_size)
 
         def inputs(batch, rng):  # the pre-training loss's own inputs
-            return pretrain.mae_inputs(augment.batch_frames(batch), rng, cfg, setup.mask_ratio, True)
+            return pretrain.mae_inputs(augment.apply_crops(batch)["frames"], rng, cfg, setup.mask_ratio, True)
 
         def decoder(params, tokens, visible, masked, target):
             pred = p.model.apply({"params": params}, tokens, visible, masked, grid,
@@ -97,7 +97,7 @@ def part_functions(setup: bench.Setup, p: bench.Prepared) -> dict[str, tuple]:
         out["decoder forward + loss"] = (decoder, (params, tokens, visible, masked, target), False)
     else:
         def inputs(batch):
-            return losses.normalize_frames(augment.batch_frames(batch), cfg.dtype)[1]
+            return losses.normalize_frames(augment.apply_crops(batch)["frames"], cfg.dtype)[1]
 
         x = jax.jit(inputs)(batch)
         out["inputs"] = (inputs, (batch,), False)

@@ -69,7 +69,7 @@ def test_sampler_leaves_frames_at_image_size_to_the_device_crop():
         assert out["crop"].dtype == np.float32 and 0 <= min(x0, x1) < max(x0, x1) <= 32 and 0 <= y0 < y1 <= 32
         area = abs(x1 - x0) * (y1 - y0)
         assert 0.25 * 32 * 32 <= area <= 0.65 * 32 * 32
-        seen = np.asarray(augment.batch_frames({k: jnp.asarray(v)[None] for k, v in out.items()}))[0]
+        seen = np.asarray(augment.apply_crops({k: jnp.asarray(v)[None] for k, v in out.items()})["frames"])[0]
         box = (min(x0, x1), y0, max(x0, x1), y1)
         host = np.stack([np.asarray(Image.fromarray(f).resize((32, 32), Image.BILINEAR, box=box))
                          for f in decoded])
@@ -80,9 +80,34 @@ def test_sampler_leaves_frames_at_image_size_to_the_device_crop():
     out = ClipSampler(image_size=16, **kw)(record, np.random.default_rng(0))
     assert out["frames"].shape == (4, 16, 16, 3)
     np.testing.assert_array_equal(out["crop"], [0, 0, 16, 16])
-    seen = augment.batch_frames({k: jnp.asarray(v)[None] for k, v in out.items()})
+    seen = augment.apply_crops({k: jnp.asarray(v)[None] for k, v in out.items()})["frames"]
     np.testing.assert_array_equal(np.asarray(seen)[0], out["frames"])
     # Evaluation: no box, the frames as stored.
     ev = ClipSampler(num_frames=4, temporal_stride=1, image_size=32, train=False)(record)
     assert set(ev) == {"frames"}
     np.testing.assert_array_equal(ev["frames"], decoded)
+
+
+def test_views_of_a_clip_are_cut_from_frames_sent_once():
+    """data.repeats = 3: the batch holds each clip's frames once and 3 boxes; the device's views
+    are the clip cropped to each box, side by side, with the labels repeated per view."""
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 256, (2, 2, 16, 16, 3)).astype(np.uint8)  # 2 clips of 2 frames
+    crop = np.asarray([[(0, 0, 16, 16), (12, 2, 3, 14), (4, 4, 12, 12)],
+                       [(1, 0, 9, 16), (0, 3, 13, 11), (16, 0, 0, 16)]], np.float32)
+    labels = np.arange(2 * 4 * 2, dtype=np.uint8).reshape(2, 4, 2)
+    out = augment.apply_crops({"frames": jnp.asarray(frames), "crop": jnp.asarray(crop),
+                               "labels": jnp.asarray(labels)})
+    assert out["frames"].shape == (6, 2, 16, 16, 3) and out["labels"].shape == (6, 4, 2)
+    for i in range(6):
+        clip, view = divmod(i, 3)
+        one = augment.resized_crop(jnp.asarray(frames[clip:clip + 1]), jnp.asarray(crop[clip, view:view + 1]))
+        np.testing.assert_allclose(np.asarray(out["frames"][i]), np.asarray(one[0]), atol=1e-3)
+        np.testing.assert_array_equal(np.asarray(out["labels"][i]), labels[clip])
+    np.testing.assert_array_equal(np.asarray(out["frames"][0]), frames[0])  # the identity box
+    np.testing.assert_allclose(np.asarray(out["frames"][5]), frames[1][:, :, ::-1], atol=1e-3)  # mirrored
+    # Frames cropped on the host come per view ([N, V, T, H, W, C], identity boxes): kept as they are.
+    per_view = np.stack([frames] * 3, axis=1)
+    identity = np.broadcast_to(np.float32([0, 0, 16, 16]), (2, 3, 4))
+    out = augment.apply_crops({"frames": jnp.asarray(per_view), "crop": jnp.asarray(identity)})
+    np.testing.assert_array_equal(np.asarray(out["frames"]), per_view.reshape(6, 2, 16, 16, 3))

@@ -95,7 +95,9 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     config = mini_finetune_config(synthetic_data_dir)
     config.num_train_steps = 2
     config.checkpoint_every = 2
-    finetune.train(config, str(tmp_path / "ft"))
+    config.data.repeats = 2  # two views of each decoded clip: labels repeated on the device
+    _, history = finetune.train(config, str(tmp_path / "ft"))
+    assert [h["step"] for h in history] == [1, 2] and np.isfinite([h["loss"] for h in history]).all()
     result = evaluation.evaluate_workdir(str(tmp_path / "ft"))
     with open(tmp_path / "ft" / "metrics.json") as f:
         saved = json.load(f)

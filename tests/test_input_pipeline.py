@@ -2,11 +2,12 @@
 
 import io
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from auvmae_jax import input_pipeline
+from auvmae_jax import augment, input_pipeline
 from auvmae_jax.errors import UserError
 from auvmae_jax.input_pipeline import ClipSampler
 
@@ -137,14 +138,21 @@ def test_reading_ahead_is_bounded_by_read_threads():
 
 def test_repeated_sampling_decodes_once_and_cuts_several_views():
     rec = _record(half=True)
-    sampler = ClipSampler(num_frames=4, temporal_stride=1, image_size=16, train=True, with_labels=True,
+    sampler = ClipSampler(num_frames=4, temporal_stride=1, image_size=32, train=True, with_labels=True,
                           repeats=3, crop_scale=(0.3, 0.6))
     out = sampler(rec, np.random.default_rng(2))
-    assert out["frames"].shape == (3, 4, 16, 16, 3) and out["labels"].shape == (3, 4, 3)
-    red = out["frames"][:, :, 8, 8, 0].astype(int)  # the frame index, the same in every view
+    # The frames and labels once, a box per view (the device cuts the views, augment.apply_crops).
+    assert out["frames"].shape == (4, 32, 32, 3) and out["labels"].shape == (4, 3)
+    assert out["crop"].shape == (3, 4) and len({tuple(c) for c in out["crop"]}) == 3  # own crops
+    np.testing.assert_allclose(np.diff(out["frames"][:, 8, 8, 0].astype(int)), 10, atol=4)
+    # Frames stored at another size are cropped here: one set per view, identity boxes.
+    host = ClipSampler(num_frames=4, temporal_stride=1, image_size=16, train=True, with_labels=True,
+                       repeats=3, crop_scale=(0.3, 0.6))(rec, np.random.default_rng(2))
+    assert host["frames"].shape == (3, 4, 16, 16, 3) and host["labels"].shape == (4, 3)
+    np.testing.assert_array_equal(host["crop"], np.broadcast_to(np.float32([0, 0, 16, 16]), (3, 4)))
+    red = host["frames"][:, :, 8, 8, 0].astype(int)  # the frame index, the same in every view
     np.testing.assert_allclose(red, np.broadcast_to(red[0], red.shape), atol=3)
-    assert not np.array_equal(out["frames"][0], out["frames"][1])  # own crops (and flips)
-    np.testing.assert_array_equal(out["labels"], np.broadcast_to(out["labels"][0], (3, 4, 3)))
+    assert not np.array_equal(host["frames"][0], host["frames"][1])
     # Evaluation ignores repeats; 1 repeat is the plain sampler, draw for draw.
     assert ClipSampler(num_frames=4, temporal_stride=1, image_size=16, train=False,
                        repeats=3)(rec)["frames"].shape == (4, 16, 16, 3)
@@ -157,12 +165,14 @@ def test_repeated_sampling_decodes_once_and_cuts_several_views():
 def test_repeated_views_sit_side_by_side_in_a_batch():
     records = []
     for r in range(4):  # record r: blue = 50 * r
-        frames = [np.full((16, 16, 3), (10 * i, 0, 50 * r), np.uint8) for i in range(8)]
+        frames = [np.full((8, 8, 3), (10 * i, 0, 50 * r), np.uint8) for i in range(8)]
         records.append({"frames": np.array([_jpeg(f) for f in frames], dtype=object)})
     sampler = ClipSampler(num_frames=2, temporal_stride=1, image_size=8, train=True, repeats=2)
     batch = next(iter(input_pipeline.make_dataset(records, sampler, batch_size=4, seed=0)))
-    assert batch["frames"].shape == (4, 2, 8, 8, 3)
-    blue = batch["frames"][:, 0, 4, 4, 2].astype(int)
+    assert batch["frames"].shape == (2, 2, 8, 8, 3) and batch["crop"].shape == (2, 2, 4)  # 2 clips
+    views = augment.apply_crops({k: jnp.asarray(v) for k, v in batch.items()})["frames"]
+    assert views.shape == (4, 2, 8, 8, 3)
+    blue = np.asarray(views)[:, 0, 4, 4, 2]
     assert abs(blue[0] - blue[1]) <= 3 and abs(blue[2] - blue[3]) <= 3 and abs(blue[0] - blue[2]) > 20
     with pytest.raises(UserError, match="data.repeats=3 does not divide the per-process batch of 4"):
         input_pipeline.make_dataset(records, ClipSampler(num_frames=2, temporal_stride=1, image_size=8,

@@ -102,6 +102,17 @@ def test_gradient_accumulation_equals_one_big_batch():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), one.params, four.params)
 
 
+def test_a_step_splits_into_whole_clips_per_batch_shard_and_micro_batch():
+    trainer.check_batch(_config(batch_size=12, grad_accum_steps=2), shards=3)
+    config = _config(batch_size=12, grad_accum_steps=2, data={"repeats": 2})  # 6 clips of 2 views
+    trainer.check_batch(config, shards=3)  # a clip per shard and micro-batch
+    with pytest.raises(UserError, match="batch_size 12 does not split into 2 batch shards x 2 micro-batches "
+                                        r"of whole clips \(2 views each\): use a multiple of 8"):
+        trainer.check_batch(config, shards=2)
+    with pytest.raises(UserError, match="use a multiple of 8"):
+        trainer.check_batch(_config(batch_size=12), shards=8)
+
+
 def test_nan_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path):
     # Batch 3 (records 8-11) holds a NaN: step 3 fails, the step-2 checkpoint stays.
     with pytest.raises(UserError, match=r"non-finite loss .* at step 3 .* last good checkpoint: step 2"):
