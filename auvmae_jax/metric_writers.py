@@ -48,20 +48,44 @@ class ConsoleWriter(MetricWriter):
 
 
 class TensorBoardWriter(MetricWriter):
-    """Event files under `logdir` through tensorboardX."""
+    """Event files under `logdir` through tensorboardX.
+
+    tensorboardX keeps a `gs://` event file in memory and uploads all of it again at every
+    flush (every 10 s): a long run's reconstruction pictures would be re-sent for as long
+    as it lasts. At URLs, a new event file therefore starts after each batch of images and
+    every `ROTATE_SCALARS` scalars (~0.5 MB); TensorBoard reads a run's files in name order,
+    which is their order here (time, then a counter).
+    """
+
+    ROTATE_SCALARS = 10_000
 
     def __init__(self, logdir: str):
+        self._logdir, self._rotates = logdir, paths.is_url(logdir)
+        self._files = self._scalars = 0
+        self._writer = self._open()
+
+    def _open(self):
         from tensorboardX import SummaryWriter
 
-        self._writer = SummaryWriter(logdir=logdir, flush_secs=10)
+        self._files += 1
+        return SummaryWriter(logdir=self._logdir, flush_secs=10, filename_suffix=f".{self._files:05d}")
+
+    def _rotate(self):
+        if self._rotates:
+            self._writer.close()
+            self._writer, self._scalars = self._open(), 0
 
     def write_scalars(self, step, scalars):
         for k, v in scalars.items():
             self._writer.add_scalar(k, float(v), global_step=step)
+        self._scalars += len(scalars)
+        if self._scalars >= self.ROTATE_SCALARS:
+            self._rotate()
 
     def write_images(self, step, images):
         for k, v in images.items():
             self._writer.add_image(k, np.asarray(v), global_step=step, dataformats="HWC")
+        self._rotate()
 
     def write_hparams(self, hparams):
         self._writer.add_text("hparams", "\n".join(f"    {k}: {v}" for k, v in sorted(hparams.items())))

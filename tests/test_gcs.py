@@ -45,13 +45,28 @@ print("RESULT " + json.dumps({"data_dir": str(again.data_dir), "files": files, "
 """
 
 
-WORKDIR_SCRIPT = r"""
-import json, struct, sys
+# Prefix of scripts that read TensorBoard event files: (step, tag) of every summary value.
+READ_EVENTS = r"""
+import struct
+from tensorboardX.proto import event_pb2
+
+
+def read_events(path):
+    data, at, out = path.read_bytes(), 0, []
+    while at < len(data):  # TFRecord framing: length, crc, event, crc
+        (n,) = struct.unpack("<Q", data[at:at + 8])
+        event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
+        at += n + 16
+        out += [(event.step, v.tag) for v in event.summary.value]
+    return out
+"""
+
+WORKDIR_SCRIPT = READ_EVENTS + r"""
+import json, sys
 import numpy as np
 import transformers
 import data_builders
 from etils import epath
-from tensorboardX.proto import event_pb2
 from auvmae_jax import convert, evaluation, features, figures, finetune, paths, predict, pretrain, video_io
 from tests.conftest import TINY_SYNTHETIC, mini_finetune_config, mini_pretrain_config
 
@@ -78,14 +93,9 @@ except Interrupt:
 _, resumed = pretrain.train(config, "gs://bucket/pre")
 root = epath.Path("gs://bucket/pre")
 events = {}
-for path in (root / "tensorboard").iterdir():  # TFRecord framing: length, crc, event, crc
-    data, at = path.read_bytes(), 0
-    while at < len(data):
-        (n,) = struct.unpack("<Q", data[at:at + 8])
-        event = event_pb2.Event.FromString(data[at + 12:at + 12 + n])
-        at += n + 16
-        for v in event.summary.value:
-            events.setdefault(v.tag, []).append(event.step)
+for path in (root / "tensorboard").iterdir():
+    for step, tag in read_events(path):
+        events.setdefault(tag, []).append(step)
 
 ft = mini_finetune_config(data_dir)
 ft.init_from = "gs://bucket/pre"
@@ -142,6 +152,41 @@ def test_build_into_a_bucket_is_staged_uploaded_and_read_back(tmp_path):
     assert len(out["same"]) > 4 and all(out["same"])  # every clip of two splits, byte for byte
     assert out["batch"] == [4, 4, 32, 32, 3]
     assert os.listdir(tmp_path) == ["local"]  # the staging folder is gone
+
+
+TENSORBOARD_SCRIPT = READ_EVENTS + r"""
+import json, sys
+import numpy as np
+from etils import epath
+from auvmae_jax import metric_writers
+
+metric_writers.TensorBoardWriter.ROTATE_SCALARS = 4
+out = {}
+for logdir in ("gs://bucket/tb", sys.argv[1]):
+    writer = metric_writers.TensorBoardWriter(logdir)
+    for step in (1, 2, 3, 4, 5):
+        writer.write_scalars(step, {"loss": 1.0 / step, "lr": 0.1})
+        if step == 3:
+            writer.write_images(step, {"recon": np.zeros((8, 8, 3), np.uint8)})
+    writer.close()
+    files = sorted(epath.Path(logdir).iterdir())  # TensorBoard's reading order
+    out[logdir] = [sorted({f"{tag}@{step}" for step, tag in read_events(f)}) for f in files]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_tensorboard_events_in_a_bucket_go_to_a_new_file_after_images_and_many_scalars(tmp_path):
+    # tensorboardX re-uploads a whole gs:// event file at every flush: files are kept small.
+    with gcs_emulator.running(tmp_path / "staging") as env:
+        out = _run(TENSORBOARD_SCRIPT, [str(tmp_path / "local")], env)
+    assert out["gs://bucket/tb"] == [
+        ["loss@1", "loss@2", "lr@1", "lr@2"],  # 4 scalars: a new file
+        ["loss@3", "lr@3", "recon@3"],  # images: a new file
+        ["loss@4", "loss@5", "lr@4", "lr@5"],
+        [],  # opened after step 5's scalars, closed empty
+    ]
+    assert out[str(tmp_path / "local")] == [  # on local disk tensorboardX appends: one file
+        [f"{tag}@{s}" for tag in ("loss", "lr") for s in range(1, 6)] + ["recon@3"]]
 
 
 def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path):
