@@ -309,7 +309,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         resuming = manager.latest_step() is not None
         state, state_shardings = init_state(task, tx, mesh, rules, config.seed, load_initial=not resuming)
         batch_sharding = sharding.batch_sharding(mesh, rules)
-        check_batch(config, sharding.batch_shards(batch_sharding))
+        check_batch(config, sharding.batch_shards(batch_sharding), jax.process_count())
         data_iter = iter(task.train_data)
         state = _restore(manager, state, data_iter)
         first = int(state.step)
@@ -359,9 +359,14 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     return state, history
 
 
-def check_batch(config: Any, shards: int) -> None:
+def check_batch(config: Any, shards: int, processes: int = 1) -> None:
     """The clips of a step (`batch_size / data.repeats`: a clip's views stay together) must
-    split evenly over the batch's shards and the micro-batches of gradient accumulation."""
+    split evenly over the batch's shards and the micro-batches of gradient accumulation, and
+    every process (each reads clips of its own) must hold shards of its own."""
+    if shards % processes:
+        raise UserError(
+            f"the mesh splits the batch {shards} ways over {processes} processes; each process reads "
+            "its own clips, so the batch axes (mesh data x fsdp) must be a multiple of the process count")
     views, accum = config.get("data", {}).get("repeats", 1), config.grad_accum_steps
     parts = shards * accum
     if config.batch_size % (views * parts):

@@ -111,6 +111,10 @@ def test_a_step_splits_into_whole_clips_per_batch_shard_and_micro_batch():
         trainer.check_batch(config, shards=2)
     with pytest.raises(UserError, match="use a multiple of 8"):
         trainer.check_batch(_config(batch_size=12), shards=8)
+    # Batch axes within one process would hand the same global rows different clips per process.
+    trainer.check_batch(_config(batch_size=12), shards=4, processes=2)
+    with pytest.raises(UserError, match="splits the batch 1 ways over 2 processes"):
+        trainer.check_batch(_config(batch_size=12), shards=1, processes=2)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path):
