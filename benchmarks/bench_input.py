@@ -1,6 +1,6 @@
 """Input pipeline benchmark: clips/s of the grain pipeline by worker count.
 
-    python -m benchmarks.bench_input --workers=0,2,4,8 --model_results=bench_out/steps.jsonl
+    python -m benchmarks.bench_input --workers=0,2,4,8 [--repeats=1,4] --model_results=bench_out/steps.jsonl
 
 Builds a small synthetic face dataset (JPEG frames in ArrayRecord, the record schema
 of every builder) once under `--data_dir`, then times the training pipeline
@@ -8,8 +8,9 @@ of every builder) once under `--data_dir`, then times the training pipeline
 and prints it beside the clips/s the model consumes (from `bench_steps` results, if
 given). Frames stored at the sampled size are cropped on the device, in the training
 step (`augment`), so the host only decodes; `--stored_size` other than `--image_size`
-times the host's crop-and-resize path too. Skips with a message where grain or TFDS is
-not installed.
+times the host's crop-and-resize path too. `--repeats=1,4` also times repeated sampling
+(each decoded clip cut into that many views on the device; clips/s counts views). Skips
+with a message where grain or TFDS is not installed.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--batches", type=int, default=10, help="timed batches per worker count")
     p.add_argument("--read_threads", type=int, default=16, help="threads per reading process")
-    p.add_argument("--repeats", type=int, default=1, help="views per decoded clip (data.repeats)")
+    p.add_argument("--repeats", default="1", help="views per decoded clip (data.repeats), comma-separated")
     p.add_argument("--data_dir", default=os.path.join(tempfile.gettempdir(), "auvmae_bench_tfds"))
     p.add_argument("--model_results", default="", help="bench_steps JSON lines to compare with")
     p.add_argument("--quick", action="store_true", help="CPU smoke size: 32px frames, 4 frames, batch 4")
@@ -79,36 +80,41 @@ def main(argv=None) -> int:
     builder = data_builders.build_synthetic(args.data_dir, **synthetic)
     print(f"dataset: {builder.data_dir} ({time.perf_counter() - start:.1f} s to build or open)", flush=True)
     source = input_pipeline.data_source(builder, "part1+part2+part3")
-    sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
-                                         image_size=args.image_size, train=True, repeats=args.repeats)
-    for workers in [int(w) for w in args.workers.split(",")]:
-        ds = input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
-                                         worker_count=workers, read_threads=args.read_threads)
-        it = iter(ds)
-        # Up to `ahead` batches are made ahead of the consumer: start-up (worker processes) and
-        # twice that are not timed, and the timed run is at least that long (a steady rate).
-        ahead = (args.read_threads + 1) * max(workers, 1)
-        for _ in range(2 * ahead):
-            next(it)
-        timed = max(args.batches, ahead)
-        start = time.perf_counter()
-        for _ in range(timed):
-            batch = next(it)
-        seconds = time.perf_counter() - start
-        rate = timed * args.batch / seconds
-        r = {"workers": workers, "read_threads": args.read_threads, "repeats": args.repeats,
-             "clips_per_s": round(rate, 2),
-             "frames": args.frames, "image_size": args.image_size, "stored_size": stored,
-             "crop": "device" if stored == args.image_size else "host", "batch": args.batch,
-             "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
-        print(f"input pipeline: {workers} workers x {args.read_threads} threads, {args.repeats} views per "
-              f"decoded clip: {rate:.1f} clips/s ({args.frames}x{args.image_size}px clips stored at "
-              f"{stored}px, crop on the {r['crop']}, {os.cpu_count()} CPUs)", flush=True)
-        emit(r, args.out)
-        del it
+    for repeats in [int(r) for r in args.repeats.split(",")]:
+        sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
+                                             image_size=args.image_size, train=True, repeats=repeats)
+        for workers in [int(w) for w in args.workers.split(",")]:
+            r = time_pipeline(args, source, sampler, workers)
+            r.update(repeats=repeats, stored_size=stored,
+                     crop="device" if stored == args.image_size else "host")
+            print(f"input pipeline: {workers} workers x {args.read_threads} threads, {repeats} views per "
+                  f"decoded clip: {r['clips_per_s']:.1f} clips/s ({args.frames}x{args.image_size}px clips "
+                  f"stored at {stored}px, crop on the {r['crop']}, {os.cpu_count()} CPUs)", flush=True)
+            emit(r, args.out)
     for line in model_rates(args.model_results, args.frames):
         print(line)
     return 0
+
+
+def time_pipeline(args: argparse.Namespace, source, sampler, workers: int) -> dict:
+    """Steady-state clips/s (views) of the training pipeline with `workers` processes."""
+    from auvmae_jax import input_pipeline
+
+    it = iter(input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
+                                          worker_count=workers, read_threads=args.read_threads))
+    # Up to `ahead` batches are made ahead of the consumer: start-up (worker processes) and
+    # twice that are not timed, and the timed run is at least that long (a steady rate).
+    ahead = (args.read_threads + 1) * max(workers, 1)
+    for _ in range(2 * ahead):
+        next(it)
+    timed = max(args.batches, ahead)
+    start = time.perf_counter()
+    for _ in range(timed):
+        batch = next(it)
+    rate = timed * args.batch / (time.perf_counter() - start)
+    return {"workers": workers, "read_threads": args.read_threads, "clips_per_s": round(rate, 2),
+            "frames": args.frames, "image_size": args.image_size, "batch": args.batch,
+            "cpus": os.cpu_count(), "shape": list(batch["frames"].shape)}
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ part 4 60 $STEPS --presets=tiny --frames=16 --tasks=pretrain --mask_ratios=0.9
 part 6 200 $STEPS --presets=S --frames=16,32,128 --tasks=pretrain,finetune --mask_ratios=0.9
 # 5. The input pipeline beside the model's consumption (skips where grain/TFDS are missing).
 W="${QUICK:+0,2}"
-part 5 60 benchmarks.bench_input --workers="${W:-0,4,8,16}" --model_results="$OUT/steps.jsonl" --out="$OUT/input.jsonl" $Q
+part 5 120 benchmarks.bench_input --workers="${W:-0,4,8,16}" --repeats=1,4 --model_results="$OUT/steps.jsonl" --out="$OUT/input.jsonl" $Q
 # 7. Where the ViT-B pre-training and fine-tuning steps spend their time: parts timed
 #    apart, and a profiler trace summed per op.
 for task in $PROFILE_TASKS; do  # the pre-training step also leaves its trace

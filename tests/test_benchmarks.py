@@ -101,10 +101,12 @@ def test_device_peaks():
 
 
 def test_input_benchmark_times_the_pipeline(tmp_path):
-    text, results = _run("benchmarks.bench_input", "--quick", "--workers=0",
+    text, results = _run("benchmarks.bench_input", "--quick", "--workers=0", "--repeats=1,2",
                          f"--data_dir={tmp_path / 'tfds'}")
-    assert len(results) == 1 and results[0]["workers"] == 0 and results[0]["clips_per_s"] > 0
+    assert len(results) == 2 and results[0]["workers"] == 0 and results[0]["clips_per_s"] > 0
     assert results[0]["shape"] == [4, 4, 32, 32, 3] and results[0]["crop"] == "device"
+    assert results[1]["repeats"] == 2 and results[1]["shape"] == [2, 4, 32, 32, 3]  # 2 clips x 2 views
+    assert "2 views per decoded clip" in text
     text, results = _run("benchmarks.bench_input", "--quick", "--workers=0", "--stored_size=40",
                          f"--data_dir={tmp_path / 'tfds'}")
     assert results[0]["shape"] == [4, 4, 32, 32, 3] and results[0]["crop"] == "host"
@@ -156,7 +158,8 @@ def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_pat
     assert [(r["task"], r["mask_ratio"]) for r in steps] == [("pretrain", 0.9), ("finetune", 0.0)]
     (profile,) = [json.loads(x) for x in (tmp_path / "profile.jsonl").read_text().splitlines()]
     assert profile["task"] == "pretrain" and profile["trace"]["ms_per_step"] > 0
-    assert [json.loads(x)["workers"] for x in (tmp_path / "input.jsonl").read_text().splitlines()] == [0, 2]
+    inputs = [json.loads(x) for x in (tmp_path / "input.jsonl").read_text().splitlines()]
+    assert [(r["repeats"], r["workers"]) for r in inputs] == [(1, 0), (1, 2), (4, 0), (4, 2)]
 
 
 def test_compile_only_reports_memory_and_long_clips_pick_chunked_attention():
