@@ -8,7 +8,8 @@
 # It installs the carried wheels (where .whl/ holds any) into /tmp/site, then runs
 # benchmarks/run_all.sh with: ViT-B pre-training (16 frames, mask 0.9) and fine-tuning step
 # times (part 1), the pre-training step's parts and profiler trace (part 7), and the input
-# pipeline (1 and 4 views per decoded clip) beside the model's consumption (part 5). Results under $OUT (default ./bench_out).
+# pipeline (1 and 4 views per decoded clip) beside the model's consumption (part 5).
+# Results under $OUT (default ./bench_out).
 # Any of run_all.sh's variables can be set to change that (PARTS, STEP_TASKS, MASKS, ...).
 set -uo pipefail
 cd "$(dirname "$0")/.."
