@@ -287,9 +287,11 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     """
     distributed.initialize()  # several processes: join them before any backend starts
     workdir = prepare_workdir(workdir, config)  # fail early, before any data is read
-    task = make_task(workdir)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.logical_axis_rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    check_batch(config, sharding.batch_shards(batch_sharding), jax.process_count())
+    task = make_task(workdir)
     num_steps = total_steps(config, task.steps_per_epoch)
     distributed.log_topology(mesh)
     log.info("%d steps of global batch %d (%d per process)", num_steps, config.batch_size,
@@ -308,8 +310,6 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         manager = checkpoint_manager(workdir, config)
         resuming = manager.latest_step() is not None
         state, state_shardings = init_state(task, tx, mesh, rules, config.seed, load_initial=not resuming)
-        batch_sharding = sharding.batch_sharding(mesh, rules)
-        check_batch(config, sharding.batch_shards(batch_sharding), jax.process_count())
         data_iter = iter(task.train_data)
         state = _restore(manager, state, data_iter)
         first = int(state.step)
@@ -365,8 +365,8 @@ def check_batch(config: Any, shards: int, processes: int = 1) -> None:
     every process (each reads clips of its own) must hold shards of its own."""
     if shards % processes:
         raise UserError(
-            f"the mesh splits the batch {shards} ways over {processes} processes; each process reads "
-            "its own clips, so the batch axes (mesh data x fsdp) must be a multiple of the process count")
+            f"the mesh's batch axes (data x fsdp = {shards}) do not span the {processes} processes: each "
+            "process reads clips of its own, so data x fsdp must be a multiple of the process count")
     views, accum = config.get("data", {}).get("repeats", 1), config.grad_accum_steps
     parts = shards * accum
     if config.batch_size % (views * parts):

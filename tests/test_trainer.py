@@ -113,7 +113,7 @@ def test_a_step_splits_into_whole_clips_per_batch_shard_and_micro_batch():
         trainer.check_batch(_config(batch_size=12), shards=8)
     # Batch axes within one process would hand the same global rows different clips per process.
     trainer.check_batch(_config(batch_size=12), shards=4, processes=2)
-    with pytest.raises(UserError, match="splits the batch 1 ways over 2 processes"):
+    with pytest.raises(UserError, match=r"batch axes \(data x fsdp = 1\) do not span the 2 processes"):
         trainer.check_batch(_config(batch_size=12), shards=1, processes=2)
 
 
