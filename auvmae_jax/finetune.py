@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from auvmae_jax import augment, evaluation, input_pipeline, knowledge, losses, masking, paths, trainer
 from auvmae_jax.errors import UserError
@@ -106,12 +107,34 @@ def splits(config: Any, builder) -> tuple[str, str]:
 
 def training_priors(source, aus: list[int], workdir: str) -> dict:
     """Class weights and AU-pair priors of the training clips, saved under `workdir/priors`."""
-    records = (source[i] for i in range(len(source)))  # each record read once
-    labels, valid = zip(*((np.asarray(r["labels"]), np.asarray(r["valid"])) for r in records))
-    priors = knowledge.compute_priors(labels, valid)
+    labels = clip_labels(source)
+    priors = knowledge.compute_priors(list(labels[:, 0]), list(labels[:, 1]))
     if jax.process_index() == 0:
         knowledge.save_priors(os.path.join(workdir, "priors"), priors, aus)
     return priors
+
+
+def clip_labels(source) -> np.ndarray:
+    """uint8 `[clips, 2, T, N]`: every record's `labels` and `valid`, in record order.
+
+    Each process reads its strided share of the records (whole records: the frames come
+    along) and the processes exchange the labels, a few MB, so no process reads all.
+    """
+    n, procs, me = len(source), jax.process_count(), jax.process_index()
+    shape = np.shape(source[0]["labels"])  # one clip length per dataset (DATA.md)
+    mine = np.zeros((-(-n // procs), 2, *shape), np.uint8)
+    for row, i in enumerate(range(me, n, procs)):
+        record = source[i]
+        for k, key in enumerate(("labels", "valid")):
+            value = np.asarray(record[key])
+            if value.shape != shape:
+                raise UserError(f"clip {i} of the training split has {key} of shape {value.shape}, "
+                                f"clip 0 {shape}: rebuild the data with one clip_length")
+            mine[row, k] = value
+    if procs == 1:
+        return mine
+    every = np.asarray(multihost_utils.process_allgather(mine))  # [procs, rows, 2, T, N]
+    return np.stack([every[i % procs, i // procs] for i in range(n)])
 
 
 def aus_of(builder) -> list[int]:

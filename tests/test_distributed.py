@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from auvmae_jax import distributed
-from tests.conftest import free_port
+from auvmae_jax import distributed, finetune, input_pipeline
+from tests.conftest import free_port, mini_finetune_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,8 +133,14 @@ def _launch(args: list[str], processes: int, devices: int, out_dir, script: str 
 FINETUNE_SCRIPT = r"""
 import json, sys
 import jax
-from auvmae_jax import evaluation, finetune, pretrain
+from auvmae_jax import evaluation, finetune, input_pipeline, pretrain
 from tests.conftest import mini_finetune_config, mini_pretrain_config
+
+
+def clip_labels(config):  # the training split's labels as gathered: each process reads its share
+    builder = input_pipeline.load_builder(config.data)
+    return finetune.clip_labels(input_pipeline.data_source(builder, finetune.splits(config, builder)[0]))
+
 
 data_dir, root = sys.argv[1], sys.argv[2]
 pre = mini_pretrain_config(data_dir)
@@ -146,7 +152,8 @@ ft.eval_every = 1  # the periodic evaluation inside the training loop too
 _, history = finetune.train(ft, root + "/ft")
 result = evaluation.evaluate_workdir(root + "/ft")
 print("RESULT " + json.dumps({"process": jax.process_index(), "losses": [h["loss"] for h in history],
-                              "f1": result["f1"], "num_frames": result["num_frames"]}), flush=True)
+                              "f1": result["f1"], "num_frames": result["num_frames"],
+                              "labels": clip_labels(ft).tolist()}), flush=True)
 """
 
 
@@ -155,6 +162,18 @@ def test_two_processes_fine_tune_from_sharded_weights_and_score_the_whole_split(
     assert two[0]["losses"] == two[1]["losses"] and len(two[0]["losses"]) == 2
     # Each process predicts its own clips; the scores count all of them, the same on both.
     assert two[0]["f1"] == two[1]["f1"] and two[0]["num_frames"] == two[1]["num_frames"]
+    # The priors: each process read half the training clips; the labels gathered are all of them, in
+    # order, as one process reads them, and the saved priors are one process's.
+    config = mini_finetune_config(synthetic_data_dir)
+    builder = input_pipeline.load_builder(config.data)
+    source = input_pipeline.data_source(builder, finetune.splits(config, builder)[0])
+    labels = finetune.clip_labels(source)
+    assert labels.shape[:2] == (len(source), 2) and len(source) > 2 and labels[:, 0].any()
+    for result in two:
+        np.testing.assert_array_equal(result["labels"], labels)
+    one = finetune.training_priors(source, finetune.aus_of(builder), str(tmp_path / "one"))
+    for name in ("class_weights", "intra_prior", "inter_prior"):
+        np.testing.assert_array_equal(np.load(tmp_path / "run" / "ft" / "priors" / f"{name}.npy"), one[name])
     # One process with both devices scores the same checkpoint alike.
     code = ("import json, sys; from auvmae_jax import evaluation\n"
             "print('RESULT ' + json.dumps(evaluation.evaluate_workdir(sys.argv[1])))")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from auvmae_jax import crossval, evaluation, figures, finetune, masking, pretrain
+from auvmae_jax.errors import UserError
 from auvmae_jax.models import AUDetector, ViTConfig
 from tests.conftest import mini_finetune_config, mini_pretrain_config
 
@@ -55,6 +56,19 @@ def test_layer_decay_multipliers():
     assert m["encoder"]["block0"]["fc1"]["kernel"] == 0.25
     assert m["encoder"]["block1"]["fc1"]["kernel"] == 0.5
     assert m["head"]["kernel"] == 1.0 and m["fc_norm"]["scale"] == 1.0
+
+
+def test_clip_labels_stack_labels_and_valid_in_record_order():
+    rng = np.random.default_rng(0)
+    records = [{"labels": rng.integers(0, 2, (4, 3)).astype(np.uint8), "valid": np.ones((4, 3), np.uint8)}
+               for _ in range(5)]
+    out = finetune.clip_labels(records)
+    assert out.shape == (5, 2, 4, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[3, 0], records[3]["labels"])
+    np.testing.assert_array_equal(out[:, 1], 1)
+    records[2] = {"labels": np.zeros((5, 3), np.uint8), "valid": np.zeros((5, 3), np.uint8)}
+    with pytest.raises(UserError, match=r"clip 2 of the training split has labels of shape \(5, 3\)"):
+        finetune.clip_labels(records)
 
 
 def test_init_from_pretraining_then_resume_exactly(synthetic_data_dir, tmp_path):
