@@ -92,11 +92,11 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
     return NamedSharding(mesh, nn.logical_to_mesh_axes(("batch",), rules))
 
 
-def batch_shards(sharding: NamedSharding) -> int:
-    """How many ways a batch's leading axis is split."""
+def batch_axes(sharding: NamedSharding) -> dict[str, int]:
+    """The mesh axes that split a batch's leading axis, with their sizes."""
     axes = sharding.spec[0] if len(sharding.spec) else None
     axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return int(np.prod([sharding.mesh.shape[a] for a in axes]))
+    return {a: int(sharding.mesh.shape[a]) for a in axes}
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -290,7 +290,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.logical_axis_rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    check_batch(config, sharding.batch_shards(batch_sharding), jax.process_count())
+    check_batch(config, sharding.batch_axes(batch_sharding), jax.process_count())
     task = make_task(workdir)
     num_steps = total_steps(config, task.steps_per_epoch)
     distributed.log_topology(mesh)
@@ -359,14 +359,17 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     return state, history
 
 
-def check_batch(config: Any, shards: int, processes: int = 1) -> None:
+def check_batch(config: Any, batch_axes: dict[str, int], processes: int = 1) -> None:
     """The clips of a step (`batch_size / data.repeats`: a clip's views stay together) must
-    split evenly over the batch's shards and the micro-batches of gradient accumulation, and
-    every process (each reads clips of its own) must hold shards of its own."""
+    split evenly over the batch's shards (`batch_axes`: mesh axis -> size) and the
+    micro-batches of gradient accumulation, and every process (each reads clips of its
+    own) must hold shards of its own."""
+    shards = int(np.prod(list(batch_axes.values())))
+    names = " x ".join(batch_axes) or "none"
     if shards % processes:
         raise UserError(
-            f"the mesh's batch axes (data x fsdp = {shards}) do not span the {processes} processes: each "
-            "process reads clips of its own, so data x fsdp must be a multiple of the process count")
+            f"the mesh's batch axes ({names} = {shards}) do not span the {processes} processes: each "
+            f"process reads clips of its own, so {names} must be a multiple of the process count")
     views, accum = config.get("data", {}).get("repeats", 1), config.grad_accum_steps
     parts = shards * accum
     if config.batch_size % (views * parts):

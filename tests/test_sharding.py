@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = r"""
 import json, sys
 import jax
-from auvmae_jax import pretrain
+from auvmae_jax import pretrain, sharding
 from tests.conftest import mini_pretrain_config
 
 data_dir, workdir, mesh, model = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
@@ -28,6 +28,8 @@ state, history = pretrain.train(config, workdir)
 block = state.params["encoder"]["block0"]
 out = {
     "devices": jax.device_count(),
+    "batch_axes": sharding.batch_axes(sharding.batch_sharding(
+        sharding.make_mesh(config.mesh), sharding.rules_from_config(config.logical_axis_rules))),
     "losses": [h["loss"] for h in history],
     "fc1": [str(block["fc1"]["kernel"].sharding.spec),
             list(block["fc1"]["kernel"].addressable_shards[0].data.shape)],
@@ -72,6 +74,7 @@ def test_eight_devices_shard_by_rules_and_match_one_device(synthetic_data_dir, t
     eight = _run(synthetic_data_dir, str(tmp_path / "eight"), {"data": 2, "fsdp": 2, "tensor": 2}, 8,
                  {"attention_impl": "chunked", "attention_chunk": 8})
     assert one["devices"] == 1 and eight["devices"] == 8
+    assert eight["batch_axes"] == {"data": 2, "fsdp": 2}  # the batch: data x fsdp (tensor: replicated)
     # mini preset: width 32, mlp 128, 2 heads of 16. embed -> fsdp, mlp/heads -> tensor.
     assert eight["fc1"] == ["P('fsdp', 'tensor')", [16, 64]]
     assert eight["qkv"] == ["P('fsdp', None, 'tensor', None)", [16, 3, 1, 16]]

@@ -103,18 +103,18 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 
 def test_a_step_splits_into_whole_clips_per_batch_shard_and_micro_batch():
-    trainer.check_batch(_config(batch_size=12, grad_accum_steps=2), shards=3)
+    trainer.check_batch(_config(batch_size=12, grad_accum_steps=2), {"data": 3})
     config = _config(batch_size=12, grad_accum_steps=2, data={"repeats": 2})  # 6 clips of 2 views
-    trainer.check_batch(config, shards=3)  # a clip per shard and micro-batch
+    trainer.check_batch(config, {"data": 3})  # a clip per shard and micro-batch
     with pytest.raises(UserError, match="batch_size 12 does not split into 2 batch shards x 2 micro-batches "
                                         r"of whole clips \(2 views each\): use a multiple of 8"):
-        trainer.check_batch(config, shards=2)
+        trainer.check_batch(config, {"data": 2, "fsdp": 1})
     with pytest.raises(UserError, match="use a multiple of 8"):
-        trainer.check_batch(_config(batch_size=12), shards=8)
+        trainer.check_batch(_config(batch_size=12), {"data": 2, "fsdp": 4})
     # Batch axes within one process would hand the same global rows different clips per process.
-    trainer.check_batch(_config(batch_size=12), shards=4, processes=2)
+    trainer.check_batch(_config(batch_size=12), {"data": 2, "fsdp": 2}, processes=2)
     with pytest.raises(UserError, match=r"batch axes \(data x fsdp = 1\) do not span the 2 processes"):
-        trainer.check_batch(_config(batch_size=12), shards=1, processes=2)
+        trainer.check_batch(_config(batch_size=12), {"data": 1, "fsdp": 1}, processes=2)
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint_and_resumes(tmp_path):
