@@ -123,7 +123,7 @@ def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):
                         "forward + backward", "AdamW update", "train step", "backward (derived)",
                         "rest of the step (derived)"]
     assert all(ms[k] > 0 for k in list(ms)[:7])
-    assert ms["forward + backward"] > ms["forward (loss)"]
+    # No comparison of times: a mini step's are noise (the suite runs tests side by side).
     backward = ms["forward + backward"] - ms["forward (loss)"]
     assert ms["backward (derived)"] == pytest.approx(backward, abs=2e-3)
     step = [p for p in r["parts"] if p["part"] == "train step"][0]

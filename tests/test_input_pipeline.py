@@ -129,7 +129,11 @@ def test_reading_ahead_is_bounded_by_read_threads():
     sampler = ClipSampler(num_frames=2, temporal_stride=1, image_size=8, train=True)
     it = iter(input_pipeline.make_dataset(records, sampler, batch_size=2, seed=0, read_threads=3))
     next(it)
-    time.sleep(0.5)  # time enough for the threads to run far ahead if nothing held them
+    for _ in range(50):  # the threads read ahead (slowly where other tests share the cores) ...
+        if len(reads) > 2:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)  # ... and would run far ahead in this time if nothing held them
     assert 2 < len(reads) <= (1 + 3) * 2  # the batch taken + 3 ready or in flight, 2 clips each
     next(it)
     time.sleep(0.2)
