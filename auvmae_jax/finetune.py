@@ -108,7 +108,7 @@ def splits(config: Any, builder) -> tuple[str, str]:
 def training_priors(source, aus: list[int], workdir: str) -> dict:
     """Class weights and AU-pair priors of the training clips, saved under `workdir/priors`."""
     labels = clip_labels(source)
-    priors = knowledge.compute_priors(list(labels[:, 0]), list(labels[:, 1]))
+    priors = knowledge.compute_priors(labels[:, 0], labels[:, 1])
     if jax.process_index() == 0:
         knowledge.save_priors(os.path.join(workdir, "priors"), priors, aus)
     return priors
