@@ -84,24 +84,23 @@ def main(argv=None) -> int:
         sampler = input_pipeline.ClipSampler(num_frames=args.frames, temporal_stride=1,
                                              image_size=args.image_size, train=True, repeats=repeats)
         for workers in [int(w) for w in args.workers.split(",")]:
-            r = time_pipeline(args, source, sampler, workers)
+            it = iter(input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
+                                                  worker_count=workers, read_threads=args.read_threads))
+            r = time_pipeline(args, it, workers)
             r.update(repeats=repeats, stored_size=stored,
                      crop="device" if stored == args.image_size else "host")
             print(f"input pipeline: {workers} workers x {args.read_threads} threads, {repeats} views per "
                   f"decoded clip: {r['clips_per_s']:.1f} clips/s ({args.frames}x{args.image_size}px clips "
                   f"stored at {stored}px, crop on the {r['crop']}, {os.cpu_count()} CPUs)", flush=True)
             emit(r, args.out)
+            del it  # its worker processes end here
     for line in model_rates(args.model_results, args.frames):
         print(line)
     return 0
 
 
-def time_pipeline(args: argparse.Namespace, source, sampler, workers: int) -> dict:
-    """Steady-state clips/s (views) of the training pipeline with `workers` processes."""
-    from auvmae_jax import input_pipeline
-
-    it = iter(input_pipeline.make_dataset(source, sampler, batch_size=args.batch, seed=0,
-                                          worker_count=workers, read_threads=args.read_threads))
+def time_pipeline(args: argparse.Namespace, it, workers: int) -> dict:
+    """Steady-state clips/s (views) of a training pipeline's iterator with `workers` processes."""
     # Up to `ahead` batches are made ahead of the consumer: start-up (worker processes) and
     # twice that are not timed, and the timed run is at least that long (a steady rate).
     ahead = (args.read_threads + 1) * max(workers, 1)
