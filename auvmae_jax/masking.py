@@ -1,9 +1,11 @@
-"""Tube masking (SPEC §1): one spatial mask per clip, repeated at every temporal index."""
+"""Tube masking (SPEC §1): one spatial mask per clip, repeated at every temporal index;
+and, optionally, VideoMAE V2's running-cell masks for the decoder."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def num_masked(num_spatial: int, mask_ratio: float) -> int:
@@ -42,3 +44,37 @@ def token_mask(masked: jax.Array, num_temporal: int, num_spatial: int) -> jax.Ar
     spatial = jnp.zeros((masked.shape[0], num_spatial), bool)
     spatial = spatial.at[jnp.arange(masked.shape[0])[:, None], masked].set(True)
     return jnp.tile(spatial, (1, num_temporal))
+
+
+def running_cell_tokens(grid: tuple[int, int, int], ratio: float) -> np.ndarray:
+    """VideoMAE V2's running-cell decoder masks: `[4, Tt*K]` token ids (ascending) that the
+    decoder reconstructs, one row per phase of the cell.
+
+    Every 2x2 cell of spatial positions drops `m = 4 * ratio` of its 4 positions and keeps
+    the others; the dropped ones move by one place in the cell (in row-major order) at each
+    temporal index, so over 4 temporal indices every position is reconstructed. Each frame
+    keeps exactly `K = (1 - ratio) * hp * wp` positions, whatever the encoder saw.
+    """
+    tt, hp, wp = grid
+    m = 4 * ratio
+    if m not in (1, 2, 3):
+        raise ValueError(f"a running cell drops 1, 2 or 3 of its 4 positions: ratio 0.25, 0.5 or 0.75, "
+                         f"got {ratio}")
+    if hp % 2 or wp % 2:
+        raise ValueError(f"running cells of 2x2 positions need an even grid of patches, got {hp}x{wp}")
+    y, x = np.divmod(np.arange(hp * wp), wp)
+    place = (y % 2) * 2 + x % 2  # each position's place in its cell
+    rows = []
+    for phase in range(4):  # as V2's generator: the cell advances once before its first frame
+        ptr = phase + 1 + np.arange(tt)[:, None]
+        keep = (place[None, :] + ptr) % 4 >= m  # [Tt, S]: the cell's first m places are dropped
+        rows.append(np.nonzero(keep.reshape(-1))[0])
+    return np.stack(rows).astype(np.int32)
+
+
+def decoder_queries(key: jax.Array, batch_size: int, grid: tuple[int, int, int],
+                    ratio: float) -> jax.Array:
+    """Token ids `[B, Tt*K]` each clip's decoder reconstructs: a running-cell mask
+    (`running_cell_tokens`) of a random phase per clip."""
+    table = jnp.asarray(running_cell_tokens(grid, ratio))
+    return table[jax.random.randint(key, (batch_size,), 0, 4)]

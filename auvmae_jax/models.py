@@ -262,28 +262,31 @@ class Decoder(nn.Module):
     """VideoMAE decoder: predicts the pixels of the masked tubelets, ascending order.
 
     `tokens`: encoder output `[B, Tt*Sv, D]`; `visible`/`masked`: `[B, Sv]`/`[B, Sm]`.
-    Returns `[B, Tt*Sm, kt*p*p*3]`.
+    Returns `[B, Tt*Sm, kt*p*p*3]`. `queries` (token ids `[B, Q]`, ascending) replaces the
+    masked tokens as the ones predicted: VideoMAE V2's decoder masking
+    (`masking.decoder_queries`); returns `[B, Q, kt*p*p*3]`.
     """
 
     cfg: ViTConfig
 
     @nn.compact
     def __call__(self, tokens: jax.Array, visible: jax.Array, masked: jax.Array,
-                 grid: tuple[int, int, int], deterministic: bool = True) -> jax.Array:
+                 grid: tuple[int, int, int], deterministic: bool = True,
+                 queries: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
         tt, hp, wp = grid
         x = nn.Dense(cfg.dec_width, use_bias=False, dtype=cfg.dtype,
                      kernel_init=_dense_init(("embed", "dec_embed")), name="encoder_to_decoder")(tokens)
         pos = jnp.asarray(sincos_table(tt * hp * wp, cfg.dec_width)).astype(x.dtype)
-        masked_ids = masking.tube_token_ids(masked, tt, hp * wp)
+        query_ids = masking.tube_token_ids(masked, tt, hp * wp) if queries is None else queries
         mask_token = self.param("mask_token", nn.with_logical_partitioning(
             nn.initializers.normal(0.02), (None, None, "dec_embed")), (1, 1, cfg.dec_width))
         x_vis = x + pos[masking.tube_token_ids(visible, tt, hp * wp)]
-        x_msk = mask_token.astype(x.dtype) + pos[masked_ids]
+        x_msk = mask_token.astype(x.dtype) + pos[query_ids]
         x = jnp.concatenate([x_vis, x_msk], axis=1)
         x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
         x = _stack(cfg, x, cfg.dec_width, cfg.dec_heads, cfg.dec_depth, 0.0, deterministic, "block")
-        x = _norm(cfg, "norm", head=True)(x[:, x.shape[1] - masked_ids.shape[1]:])  # the masked tokens
+        x = _norm(cfg, "norm", head=True)(x[:, x.shape[1] - query_ids.shape[1]:])  # the predicted tokens
         out = cfg.tubelet_size * cfg.patch_size**2 * 3
         return nn.Dense(out, dtype=cfg.dtype, kernel_init=_dense_init(("dec_embed", "patch")),
                         bias_init=_zeros(("patch",)), name="head")(x)
@@ -299,10 +302,10 @@ class VideoMAE(nn.Module):
         self.decoder = Decoder(self.cfg)
 
     def __call__(self, video: jax.Array, visible: jax.Array, masked: jax.Array,
-                 deterministic: bool = True) -> jax.Array:
+                 deterministic: bool = True, queries: jax.Array | None = None) -> jax.Array:
         grid = self.cfg.grid(*video.shape[1:4])
         tokens = self.encoder(video, visible, deterministic)
-        return self.decoder(tokens, visible, masked, grid, deterministic)
+        return self.decoder(tokens, visible, masked, grid, deterministic, queries)
 
 
 class AUDetector(nn.Module):

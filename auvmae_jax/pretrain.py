@@ -15,32 +15,44 @@ from etils import epath
 from PIL import Image
 
 from auvmae_jax import augment, data_mixture, input_pipeline, losses, masking, trainer
+from auvmae_jax.errors import UserError
 from auvmae_jax.models import VideoMAE, ViTConfig
 
 log = logging.getLogger("auvmae")
 
 
 def pretrain_loss(params, batch: dict, rng: jax.Array, *, model: VideoMAE, mask_ratio: float,
-                  norm_pix: bool) -> tuple[jax.Array, dict]:
+                  norm_pix: bool, decoder_mask_ratio: float = 0.0) -> tuple[jax.Array, dict]:
     """Masked-tubelet MSE for a batch `{'frames': uint8 [B, T, H, W, 3], ('crop': [B, 4])}`
     (or repeated views, `augment.apply_crops`)."""
     mask_key, drop_key = jax.random.split(rng)
     frames = augment.apply_crops(batch)["frames"]
-    x, visible, masked, target = mae_inputs(frames, mask_key, model.cfg, mask_ratio, norm_pix)
-    pred = model.apply({"params": params}, x, visible, masked, deterministic=False,
+    x, visible, masked, queries, target = mae_inputs(frames, mask_key, model.cfg, mask_ratio, norm_pix,
+                                                     decoder_mask_ratio)
+    pred = model.apply({"params": params}, x, visible, masked, deterministic=False, queries=queries,
                        rngs={"dropout": drop_key})
     return losses.reconstruction_loss(pred, target), {}
 
 
-def mae_inputs(frames: jax.Array, key: jax.Array, cfg: ViTConfig, mask_ratio: float, norm_pix: bool):
-    """`[B, T, H, W, 3]` (0..255) -> (normalised frames, visible and masked positions, targets
-    of the masked tubelets): everything the model and the loss take besides the parameters."""
+def mae_inputs(frames: jax.Array, key: jax.Array, cfg: ViTConfig, mask_ratio: float, norm_pix: bool,
+               decoder_mask_ratio: float = 0.0):
+    """`[B, T, H, W, 3]` (0..255) -> (normalised frames, visible and masked positions, the
+    token ids the decoder predicts, their targets): everything the model and the loss take
+    besides the parameters.
+
+    The decoder predicts every masked token (SPEC §1), or with `decoder_mask_ratio` > 0
+    the tokens of a running-cell mask (VideoMAE V2's dual masking; some of them may have
+    been visible to the encoder, as in V2): the loss is over those.
+    """
     x01, x = losses.normalize_frames(frames, cfg.dtype)
-    tt, hp, wp = cfg.grid(*x.shape[1:4])
+    tt, hp, wp = grid = cfg.grid(*x.shape[1:4])
     visible, masked = masking.tube_mask(key, x.shape[0], hp * wp, mask_ratio)
-    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix,
-                                masking.tube_token_ids(masked, tt, hp * wp))
-    return x, visible, masked, target
+    if decoder_mask_ratio > 0:
+        queries = masking.decoder_queries(jax.random.fold_in(key, 1), x.shape[0], grid, decoder_mask_ratio)
+    else:
+        queries = masking.tube_token_ids(masked, tt, hp * wp)
+    target = losses.mae_targets(x01, cfg.tubelet_size, cfg.patch_size, norm_pix, queries)
+    return x, visible, masked, queries, target
 
 
 def unpatchify(tokens: np.ndarray, grid: tuple[int, int, int], tubelet: int, patch: int) -> np.ndarray:
@@ -137,8 +149,13 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
     init_inputs = (jnp.zeros((1, t, s, s, 3), jnp.float32),
                    jnp.zeros((1, grid[1] * grid[2] - n_mask), jnp.int32),
                    jnp.zeros((1, n_mask), jnp.int32))
+    if config.decoder_mask_ratio > 0:  # a bad ratio or grid fails here, before any step
+        try:
+            masking.running_cell_tokens(grid, config.decoder_mask_ratio)
+        except ValueError as e:
+            raise UserError(f"config.decoder_mask_ratio = {config.decoder_mask_ratio} (0: off): {e}") from e
     loss_fn = functools.partial(pretrain_loss, model=model, mask_ratio=config.mask_ratio,
-                                norm_pix=config.norm_pix_loss)
+                                norm_pix=config.norm_pix_loss, decoder_mask_ratio=config.decoder_mask_ratio)
     return trainer.Task(
         model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
         steps_per_epoch=max(len(source) * config.data.repeats // config.batch_size, 1),  # views

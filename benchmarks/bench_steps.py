@@ -29,6 +29,8 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--frames", default="16,32,128", help="clip lengths, comma separated")
     p.add_argument("--tasks", default="pretrain,finetune,infer")
     p.add_argument("--mask_ratios", default="0.9,0.0", help="pre-training mask ratios")
+    p.add_argument("--decoder_mask_ratio", type=float, default=0.0,
+                   help="pre-training: VideoMAE V2's running-cell decoder mask (0: off, 0.5: V2's)")
     p.add_argument("--batch", type=int, default=0, help="clips per step (0: by preset and clip length)")
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--dtype", default="bfloat16", help="compute dtype; parameters stay float32")
@@ -54,7 +56,8 @@ def setups(args) -> list[bench.Setup]:
                           dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
             for task in args.tasks.split(","):
                 for ratio in (ratios if task == "pretrain" else [0.0]):
-                    out.append(bench.Setup(task=task, mask_ratio=ratio, **common))
+                    dec = args.decoder_mask_ratio if task == "pretrain" else 0.0
+                    out.append(bench.Setup(task=task, mask_ratio=ratio, decoder_mask_ratio=dec, **common))
     return out
 
 
@@ -65,6 +68,8 @@ def line(r: dict) -> str:
     mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
     xla = "-" if r["xla_flops_per_step"] is None else f"{r['xla_flops_per_step'] / 1e12:.4g}"
     mask = f" mask={r['mask_ratio']:.1f}" if r["task"] == "pretrain" else ""
+    if r.get("decoder_mask_ratio"):
+        mask += f" decoder_mask={r['decoder_mask_ratio']:.2f}"
     timing = ("not timed" if r["step_ms"] is None else
               f"step {r['step_ms']:.2f} ms, {r['clips_per_s']:.1f} clips/s, {r['tokens_per_s']:.3g} tokens/s")
     return (f"{r['task']:<8} {r['preset']:<4} T={r['frames']:<3} B={r['batch']:<3}{mask} "

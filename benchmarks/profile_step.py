@@ -52,6 +52,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--decoder_mask_ratio", type=float, default=0.0, help="0: off; 0.5: VideoMAE V2's")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--remat", action="store_true")
     p.add_argument("--attention_impl", default=None)
@@ -83,18 +84,19 @@ def part_functions(setup: bench.Setup, p: bench.Prepared) -> dict[str, tuple]:
         grid = cfg.grid(setup.frames, setup.image_size)
 
         def inputs(batch, rng):  # the pre-training loss's own inputs
-            return pretrain.mae_inputs(augment.apply_crops(batch)["frames"], rng, cfg, setup.mask_ratio, True)
+            return pretrain.mae_inputs(augment.apply_crops(batch)["frames"], rng, cfg, setup.mask_ratio, True,
+                                       setup.decoder_mask_ratio)
 
-        def decoder(params, tokens, visible, masked, target):
-            pred = p.model.apply({"params": params}, tokens, visible, masked, grid,
+        def decoder(params, tokens, visible, masked, queries, target):
+            pred = p.model.apply({"params": params}, tokens, visible, masked, grid, True, queries,
                                  method=lambda m, *a: m.decoder(*a))
             return losses.reconstruction_loss(pred, target)
 
-        x, visible, masked, target = jax.jit(inputs)(batch, rng)
+        x, visible, masked, queries, target = jax.jit(inputs)(batch, rng)
         tokens = jax.jit(encoder)(params["encoder"], x, visible)
         out["inputs"] = (inputs, (batch, rng), False)
         out["embed + encoder forward"] = (encoder, (params["encoder"], x, visible), False)
-        out["decoder forward + loss"] = (decoder, (params, tokens, visible, masked, target), False)
+        out["decoder forward + loss"] = (decoder, (params, tokens, visible, masked, queries, target), False)
     else:
         def inputs(batch):
             return losses.normalize_frames(augment.apply_crops(batch)["frames"], cfg.dtype)[1]
@@ -227,6 +229,7 @@ def main(argv=None) -> int:
         args.image_size, args.batch, args.steps, args.warmup = 64, max(2, jax.device_count()), 2, 1
     setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
                         image_size=args.image_size, mask_ratio=args.mask_ratio if args.task == "pretrain"
+                        else 0.0, decoder_mask_ratio=args.decoder_mask_ratio if args.task == "pretrain"
                         else 0.0, dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
     peak, kind = bench.device_peak()
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; {setup}",

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark set on one GPU, 8-9 minutes on an H100 for parts 1-5 (compiles take
-# most of it), about 3 more for the step profile (part 7); no network needed.
+# most of it), about 3 more for the step profile (part 7) and 2 for decoder masking (part 8);
+# no network needed.
 #
 #   OUT=/some/dir benchmarks/run_all.sh          # default OUT: ./bench_out
 #   PARTS="1 2" benchmarks/run_all.sh            # only some parts (default: all)
@@ -14,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./bench_out}"
-PARTS="${PARTS:-1 2 3 4 5 7}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
+PARTS="${PARTS:-1 2 3 4 5 7 8}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 PRESET="${PRESET:-B}"  # the model of parts 1, 2, 3 and 7
@@ -58,4 +59,6 @@ for task in $PROFILE_TASKS; do  # the pre-training step also leaves its trace
   part 7 $limit benchmarks.profile_step --task=$task --preset=$PRESET --frames=16 --batch=32 \
     "${trace[@]}" --out="$OUT/profile.jsonl" $Q
 done
+# 8. VideoMAE V2's decoder masking (running cell, 0.5) on part 1's and part 3's clip lengths.
+part 8 150 $STEPS --presets=$PRESET --frames=16,128 --tasks=pretrain --mask_ratios=0.9 --decoder_mask_ratio=0.5
 echo "== $(date -u +%H:%M:%S) done; results in $OUT" | tee -a "$LOG"

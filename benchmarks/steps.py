@@ -60,6 +60,7 @@ class Setup:
     batch: int
     image_size: int = 224
     mask_ratio: float = 0.9
+    decoder_mask_ratio: float = 0.0  # pre-training: VideoMAE V2's running-cell decoder mask
     dtype: str = "bfloat16"
     remat: bool = False
     attention_impl: str | None = None
@@ -124,7 +125,7 @@ def prepare(setup: Setup, mesh, rules) -> Prepared:
         init_inputs = (video, jnp.zeros((1, hp * wp - n_mask), jnp.int32), jnp.zeros((1, n_mask), jnp.int32))
         # At mask ratio 0 nothing is predicted: the loss is 0 and only the cost counts.
         loss_fn = functools.partial(pretrain.pretrain_loss, model=model, mask_ratio=setup.mask_ratio,
-                                    norm_pix=True)
+                                    norm_pix=True, decoder_mask_ratio=setup.decoder_mask_ratio)
     else:  # eq. 9 at video level with the default lambdas
         model = AUDetector(cfg, NUM_CLASSES)
         init_inputs = (video,)
@@ -197,8 +198,9 @@ def forward_flops(setup: Setup) -> dict[str, float]:
     """Forward matmul FLOPs of one batch by part, counted from the architecture.
 
     Pre-training: `embed` (the visible tubelets only), `encoder` (its blocks over the
-    visible tokens), `decoder` (encoder-to-decoder projection, blocks over all tokens,
-    pixel head over the masked ones). Fine-tuning and inference: `embed` (every
+    visible tokens), `decoder` (encoder-to-decoder projection, blocks over the visible
+    tokens and the predicted ones, pixel head over those: all tokens and the masked ones,
+    or with decoder masking the visible ones and a running cell's). Fine-tuning and inference: `embed` (every
     tubelet), `encoder`, `head` (per-frame AU logits).
     """
     cfg = setup.model_config()
@@ -209,12 +211,14 @@ def forward_flops(setup: Setup) -> dict[str, float]:
                 "encoder": _blocks_flops(b, tokens, cfg.width, cfg.depth, cfg.mlp_ratio),
                 "head": 2 * b * tt * cfg.width * NUM_CLASSES * cfg.tubelet_size}
     n_mask = masking.num_masked(hp * wp, setup.mask_ratio)
-    visible, masked = tt * (hp * wp - n_mask), tt * n_mask
+    visible, predicted = tt * (hp * wp - n_mask), tt * n_mask
+    if setup.decoder_mask_ratio > 0:
+        predicted = masking.running_cell_tokens((tt, hp, wp), setup.decoder_mask_ratio).shape[1]
     return {"embed": 2 * b * visible * patch * cfg.width,
             "encoder": _blocks_flops(b, visible, cfg.width, cfg.depth, cfg.mlp_ratio),
             "decoder": (2 * b * visible * cfg.width * cfg.dec_width
-                        + _blocks_flops(b, tokens, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
-                        + 2 * b * masked * cfg.dec_width * patch)}
+                        + _blocks_flops(b, visible + predicted, cfg.dec_width, cfg.dec_depth, cfg.mlp_ratio)
+                        + 2 * b * predicted * cfg.dec_width * patch)}
 
 
 def model_flops(setup: Setup) -> float:

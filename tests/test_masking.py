@@ -1,5 +1,6 @@
 import jax
 import numpy as np
+import pytest
 
 from auvmae_jax import masking
 
@@ -31,3 +32,48 @@ def test_clips_and_steps_draw_different_masks():
     assert not np.array_equal(a, np.asarray(b))
     _, c = masking.tube_mask(jax.random.key(0), 8, 196, 0.9)
     np.testing.assert_array_equal(a, np.asarray(c))
+
+
+def test_running_cell_tables_by_hand():
+    # One temporal index of a 2x2 grid at ratio 0.5: the cell's places are the positions.
+    # V2's cell [1, 1, 0, 0] (1 = dropped) is read from its pointer, which starts one past
+    # the phase: phase 0 keeps places 1, 2; phase 1 places 0, 1; 2: 0, 3; 3: 2, 3.
+    np.testing.assert_array_equal(masking.running_cell_tokens((1, 2, 2), 0.5),
+                                  [[1, 2], [0, 1], [0, 3], [2, 3]])
+    # The cell runs in time: phase 0 at t = 1 is phase 1 at t = 0 (token ids 4 places on).
+    two = masking.running_cell_tokens((2, 2, 2), 0.5)
+    np.testing.assert_array_equal(two[0], [1, 2, 4 + 0, 4 + 1])
+    # 0.25 drops one place of each cell, 0.75 keeps one.
+    np.testing.assert_array_equal(masking.running_cell_tokens((1, 2, 2), 0.25)[0], [0, 1, 2])
+    np.testing.assert_array_equal(masking.running_cell_tokens((1, 2, 2), 0.75)[0], [2])
+
+
+def test_running_cell_keeps_half_of_every_frame_and_every_position_in_turn():
+    table = masking.running_cell_tokens((8, 14, 14), 0.5)
+    assert table.shape == (4, 8 * 98) and table.dtype == np.int32
+    for row in table:
+        keep = np.zeros(8 * 196, bool)
+        keep[row] = True
+        keep = keep.reshape(8, 14, 14)
+        assert (np.diff(row) > 0).all()
+        assert (keep.sum((1, 2)) == 98).all()
+        # Each 2x2 cell keeps 2 of its 4 places at each temporal index ...
+        cells = keep.reshape(8, 7, 2, 7, 2).sum((2, 4))
+        assert (cells == 2).all()
+        # ... and over 4 consecutive ones every position is kept twice.
+        assert (keep[:4].sum(0) == 2).all() and (keep[4:].sum(0) == 2).all()
+    assert len({tuple(r) for r in table}) == 4
+
+
+def test_decoder_queries_draw_a_phase_per_clip_and_bad_settings_fail():
+    grid = (4, 14, 14)
+    table = masking.running_cell_tokens(grid, 0.5)
+    q = np.asarray(masking.decoder_queries(jax.random.key(0), 64, grid, 0.5))
+    assert q.shape == (64, 4 * 98)
+    phases = [int(np.flatnonzero((table == r).all(1))[0]) for r in q]  # each row is a table row
+    assert set(phases) == {0, 1, 2, 3}
+    for ratio in (0.3, 1.0):
+        with pytest.raises(ValueError, match="ratio 0.25, 0.5 or 0.75, got"):
+            masking.running_cell_tokens(grid, ratio)
+    with pytest.raises(ValueError, match="an even grid of patches, got 7x7"):
+        masking.running_cell_tokens((4, 7, 7), 0.5)

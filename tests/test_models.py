@@ -228,3 +228,21 @@ def test_model_with_chunked_attention_equals_xla_attention():
     out = VideoMAE(cfg).apply(variables, video, vis, msk)
     chunked = VideoMAE(dataclasses.replace(cfg, attention_impl="chunked")).apply(variables, video, vis, msk)
     np.testing.assert_allclose(chunked, out, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_predicts_the_tokens_it_is_asked_for():
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))
+    video = jnp.asarray(np.random.default_rng(0).normal(size=(2, 4, 32, 32, 3)), jnp.float32)
+    vis, msk = masking.tube_mask(jax.random.key(0), 2, 16, 0.75)
+    model = VideoMAE(cfg)
+    variables = nn.meta.unbox(model.init(jax.random.key(1), video, vis, msk))
+    default = model.apply(variables, video, vis, msk)
+    assert default.shape == (2, 2 * 12, 2 * 8 * 8 * 3)  # every masked tubelet, ascending
+    asked = model.apply(variables, video, vis, msk, queries=masking.tube_token_ids(msk, 2, 16))
+    np.testing.assert_allclose(asked, default, rtol=1e-6)
+    # VideoMAE V2's running cell: half of each frame's 16 positions, visible ones among them.
+    cells = masking.decoder_queries(jax.random.key(2), 2, (2, 4, 4), 0.5)
+    out = model.apply(variables, video, vis, msk, queries=cells)
+    assert out.shape == (2, 2 * 8, 384) and np.isfinite(out).all()
+    # The mask tokens differ only by their positions: other positions, other predictions.
+    assert not np.allclose(out[:, :1], out[:, 1:2])

@@ -5,10 +5,12 @@ import glob
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from auvmae_jax import pretrain
+from auvmae_jax.errors import UserError
 from tests.conftest import mini_pretrain_config
 
 
@@ -44,6 +46,48 @@ def test_pretraining_lowers_the_loss(synthetic_data_dir, tmp_path):
     assert glob.glob(str(tmp_path / "run/tensorboard/events.out.tfevents.*"))
     assert os.path.exists(tmp_path / "run/config.json")
     assert os.path.isdir(tmp_path / "run/checkpoints/60")
+
+
+def test_mae_inputs_with_decoder_masking_target_the_running_cell_tokens():
+    from auvmae_jax import losses, masking
+    from auvmae_jax.models import ViTConfig
+
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8, dtype="float32"))
+    frames = jnp.asarray(np.random.default_rng(0).integers(0, 256, (16, 4, 32, 32, 3)), jnp.uint8)
+    key = jax.random.key(3)
+    x, vis, msk, q0, t0 = pretrain.mae_inputs(frames, key, cfg, 0.75, True)
+    _, vis5, msk5, q5, t5 = pretrain.mae_inputs(frames, key, cfg, 0.75, True, decoder_mask_ratio=0.5)
+    # Off: the decoder predicts every masked token. On: the same tube mask for the encoder,
+    # and 8 of each frame's 16 positions for the decoder, whether the encoder saw them or not.
+    np.testing.assert_array_equal(q0, masking.tube_token_ids(msk, 2, 16))
+    np.testing.assert_array_equal(vis5, vis)
+    np.testing.assert_array_equal(msk5, msk)
+    assert q5.shape == (16, 2 * 8) and t5.shape == (16, 16, 2 * 8 * 8 * 3)
+    seen = [np.isin(q % 16, v).any() for q, v in zip(np.asarray(q5), np.asarray(vis))]
+    assert any(seen)
+    every = losses.mae_targets(frames.astype(jnp.float32) / 255.0, 2, 8, True)
+    np.testing.assert_allclose(t5, np.take_along_axis(np.asarray(every), np.asarray(q5)[..., None], 1),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(t0, np.take_along_axis(np.asarray(every), np.asarray(q0)[..., None], 1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_pretraining_with_decoder_masking_lowers_the_loss(synthetic_data_dir, tmp_path):
+    config = mini_pretrain_config(synthetic_data_dir)
+    config.decoder_mask_ratio = 0.5
+    config.num_train_steps = 40
+    config.checkpoint_every = 40
+    config.eval_every = 40
+    config.optimizer.base_lr = 0.3
+    config.optimizer.warmup_steps = 5
+    _, history = pretrain.train(config, str(tmp_path / "run"))
+    losses = [h["loss"] for h in history]
+    assert np.mean(losses[:5]) > 1.0 and np.mean(losses[-10:]) < 0.97, losses
+    # The pictures (and their held-out loss) reconstruct every masked tubelet, as without it.
+    assert os.path.exists(tmp_path / "run/reconstructions/step_0000040.png")
+    config.decoder_mask_ratio = 0.3
+    with pytest.raises(UserError, match=r"config.decoder_mask_ratio = 0.3 \(0: off\): a running cell drops"):
+        pretrain.train(config, str(tmp_path / "bad"))
 
 
 def test_resume_continues_exactly(synthetic_data_dir, tmp_path):
