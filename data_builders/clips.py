@@ -120,11 +120,6 @@ def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """uint8 `[H, W, 3]` from JPEG bytes."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-
-
 def au_clip_features(clip_length: int, num_aus: int) -> tfds.features.FeaturesDict:
     """The DATA.md record schema for clips of `clip_length` frames and `num_aus` AU columns.
 

@@ -8,6 +8,7 @@ import tensorflow_datasets as tfds
 
 from auvmae_jax import finetune
 from auvmae_jax.errors import UserError
+from auvmae_jax.input_pipeline import decode_jpeg
 from configs import finetune as finetune_configs
 from data_builders import clips
 from data_builders.disfa import AUS, MINORITY_AUS, Disfa, DisfaConfig, disfa
@@ -103,7 +104,7 @@ def test_labels_valid_and_clip_boundaries(built):
     assert last["valid"][:4].all() and not last["valid"][4:].any()  # frames 17-20, then padding
     assert not last["labels"][4:].any()
     assert all(len(e["frames"]) == 8 for e in sn001)
-    assert clips.decode_jpeg(sn001[0]["frames"][0]).shape == (32, 32, 3)
+    assert np.asarray(decode_jpeg(sn001[0]["frames"][0])).shape == (32, 32, 3)
 
 
 def test_missing_frame_repeats_previous_image_with_valid_0(built):
