@@ -21,7 +21,9 @@ GCLOUD=(gcloud compute tpus tpu-vm)
 WHERE=(--zone="$ZONE" ${PROJECT:+--project="$PROJECT"} --worker=all)
 on_all() { "${GCLOUD[@]}" ssh "$TPU" "${WHERE[@]}" --command="$1"; }
 JAX_SPEC=${JAX_SPEC:-'jax[tpu]>=0.10,<0.12'}
-UV='export PATH=~/.local/bin:$PATH && { command -v uv >/dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh; }'
+# uv from PyPI into ~/.local (the images' pip), or where pip may not install (PEP 668) uv's installer.
+UV='export PATH=~/.local/bin:$PATH && { command -v uv >/dev/null || python3 -m pip install -q --user uv \
+  || curl -LsSf https://astral.sh/uv/install.sh | sh; }'
 INSTALL=${INSTALL:-"$UV && uv venv -q --allow-existing --python ${PYTHON_VERSION:-3.12} ~/auvmae-venv && \
   uv pip install -q --python ~/auvmae-venv/bin/python '$JAX_SPEC' -e '.[gcs]'"}
 
