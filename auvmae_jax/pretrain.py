@@ -151,9 +151,11 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
                    jnp.zeros((1, n_mask), jnp.int32))
     if config.decoder_mask_ratio > 0:  # a bad ratio or grid fails here, before any step
         try:
-            masking.running_cell_tokens(grid, config.decoder_mask_ratio)
+            predicted = masking.running_cell_tokens(grid, config.decoder_mask_ratio).shape[1]
         except ValueError as e:
             raise UserError(f"config.decoder_mask_ratio = {config.decoder_mask_ratio} (0: off): {e}") from e
+        log.info("decoder masking (running cell %g): the decoder predicts %d tokens per clip instead of "
+                 "the %d masked ones", config.decoder_mask_ratio, predicted, grid[0] * n_mask)
     loss_fn = functools.partial(pretrain_loss, model=model, mask_ratio=config.mask_ratio,
                                 norm_pix=config.norm_pix_loss, decoder_mask_ratio=config.decoder_mask_ratio)
     return trainer.Task(
