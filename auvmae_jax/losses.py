@@ -45,7 +45,7 @@ def mae_targets(video01: jax.Array, tubelet: int, patch: int, normalize: bool = 
     x = patchify(video01, tubelet, patch)  # [B, L, P, C]
     x = x.reshape(x.shape[0], x.shape[1], -1)
     if token_ids is not None:
-        x = jnp.take_along_axis(x, token_ids[:, :, None], axis=1)
+        x = jnp.take_along_axis(x, token_ids[:, :, None], axis=1, mode="promise_in_bounds")
     x = x.astype(jnp.float32)
     return normalize_tubelets(x) if normalize else x
 

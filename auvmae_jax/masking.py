@@ -36,7 +36,7 @@ def tube_token_ids(spatial: jax.Array, num_temporal: int, num_spatial: int) -> j
 
 def gather_tokens(tokens: jax.Array, ids: jax.Array) -> jax.Array:
     """`tokens [B, L, D]`, `ids [B, K]` -> `[B, K, D]`."""
-    return jnp.take_along_axis(tokens, ids[:, :, None], axis=1)
+    return jnp.take_along_axis(tokens, ids[:, :, None], axis=1, mode="promise_in_bounds")
 
 
 def token_mask(masked: jax.Array, num_temporal: int, num_spatial: int) -> jax.Array:

