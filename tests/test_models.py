@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from auvmae_jax import masking
-from auvmae_jax.models import PRESETS, Encoder, VideoMAE, ViTConfig, patchify, sincos_table
+from auvmae_jax.models import PRESETS, Encoder, VideoMAE, ViTConfig, patchify, sincos_table, xla_attention
 
 
 def _abstract_forward(cfg: ViTConfig, t: int, s: int, ratio: float):
@@ -185,23 +185,31 @@ def test_remat_changes_neither_values_nor_gradients():
     assert "remat" not in str(jax.make_jaxpr(jax.grad(loss), static_argnums=1)(params, plain))
 
 
-def test_chunked_attention_equals_xla_attention_in_values_and_gradients():
+def test_our_and_chunked_attention_equal_jax_xla_attention_in_values_and_gradients():
     from auvmae_jax.models import chunked_attention
 
     rng = np.random.default_rng(0)
     q, k, v = (jnp.asarray(rng.normal(size=(2, 50, 3, 8)), jnp.float32) for _ in range(3))
     w = jnp.asarray(rng.normal(size=(2, 50, 3, 8)), jnp.float32)
 
-    def xla(q, k, v):
+    def jax_xla(q, k, v):
         return jax.nn.dot_product_attention(q, k, v, implementation="xla")
 
     def chunked(q, k, v):
         return chunked_attention(q, k, v, chunk=16)  # 50 queries: 4 chunks, the last one padded
 
-    np.testing.assert_allclose(chunked(q, k, v), xla(q, k, v), rtol=1e-5, atol=1e-6)
-    grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v) for f in (xla, chunked)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    # Ours (xla_attention, also inside each chunk) against jax's own XLA attention.
+    for ours in (xla_attention, chunked):
+        np.testing.assert_allclose(ours(q, k, v), jax_xla(q, k, v), rtol=1e-5, atol=1e-6)
+        grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+                 for f in (jax_xla, ours)]
+        for a, b in zip(*grads):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+    # bf16 inputs: float32 logits and softmax, the result back in bf16, as jax's.
+    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    out = xla_attention(qb, kb, vb)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(out.astype(jnp.float32), jax_xla(qb, kb, vb).astype(jnp.float32), atol=0.03)
 
 
 def test_chunked_attention_keeps_less_memory_for_long_sequences():
