@@ -180,6 +180,8 @@ def test_compile_only_reports_memory_and_long_clips_pick_chunked_attention():
     _, (xla,) = _run("benchmarks.bench_steps", *common, "--attention_impl=xla")
     assert auto["attention"] == "chunked" and xla["attention"] == "xla"
     assert auto["step_ms"] is None and auto["mfu"] is None and auto["model_flops_per_step"] > 0
-    # mini has 2 heads: XLA's attention keeps 2 x 4096 x 4096 float32 scores (128 MiB) per block.
-    assert xla["compiled_bytes"] > 128 * 2**20 and auto["compiled_bytes"] < xla["compiled_bytes"] / 3, (
+    # mini has 2 heads and 2 blocks: XLA's attention keeps 2 x 4096 x 4096 float32 softmax
+    # exponentials (128 MiB) per block for the backward pass; query chunks save most of that.
+    scores = 2 * 128 * 2**20
+    assert xla["compiled_bytes"] > scores and auto["compiled_bytes"] < xla["compiled_bytes"] - 0.8 * scores, (
         xla["compiled_bytes"], auto["compiled_bytes"])

@@ -26,13 +26,18 @@ def _kill_after(step_to_die: int):
     return hook
 
 
-def test_pretraining_lowers_the_loss(synthetic_data_dir, tmp_path):
-    config = mini_pretrain_config(synthetic_data_dir)
-    config.num_train_steps = 60
-    config.checkpoint_every = 60
-    config.eval_every = 30
+def _learning_config(data_dir: str, steps: int, eval_every: int):
+    """The mini config for a run that learns: `steps` steps at a higher rate, one checkpoint."""
+    config = mini_pretrain_config(data_dir)
+    config.num_train_steps = config.checkpoint_every = steps
+    config.eval_every = eval_every
     config.optimizer.base_lr = 0.3
     config.optimizer.warmup_steps = 5
+    return config
+
+
+def test_pretraining_lowers_the_loss(synthetic_data_dir, tmp_path):
+    config = _learning_config(synthetic_data_dir, steps=60, eval_every=30)
     _, history = pretrain.train(config, str(tmp_path / "run"))
     losses = [h["loss"] for h in history]
     assert len(losses) == 60 and np.isfinite(losses).all()
@@ -73,13 +78,8 @@ def test_mae_inputs_with_decoder_masking_target_the_running_cell_tokens():
 
 
 def test_pretraining_with_decoder_masking_lowers_the_loss(synthetic_data_dir, tmp_path):
-    config = mini_pretrain_config(synthetic_data_dir)
+    config = _learning_config(synthetic_data_dir, steps=40, eval_every=40)
     config.decoder_mask_ratio = 0.5
-    config.num_train_steps = 40
-    config.checkpoint_every = 40
-    config.eval_every = 40
-    config.optimizer.base_lr = 0.3
-    config.optimizer.warmup_steps = 5
     _, history = pretrain.train(config, str(tmp_path / "run"))
     losses = [h["loss"] for h in history]
     assert np.mean(losses[:5]) > 1.0 and np.mean(losses[-10:]) < 0.97, losses
