@@ -149,15 +149,16 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
     init_inputs = (jnp.zeros((1, t, s, s, 3), jnp.float32),
                    jnp.zeros((1, grid[1] * grid[2] - n_mask), jnp.int32),
                    jnp.zeros((1, n_mask), jnp.int32))
-    if config.decoder_mask_ratio > 0:  # a bad ratio or grid fails here, before any step
+    decoder_mask_ratio = config.get("decoder_mask_ratio", 0.0)  # configs written before it: off
+    if decoder_mask_ratio > 0:  # a bad ratio or grid fails here, before any step
         try:
-            predicted = masking.running_cell_tokens(grid, config.decoder_mask_ratio).shape[1]
+            predicted = masking.running_cell_tokens(grid, decoder_mask_ratio).shape[1]
         except ValueError as e:
-            raise UserError(f"config.decoder_mask_ratio = {config.decoder_mask_ratio} (0: off): {e}") from e
+            raise UserError(f"config.decoder_mask_ratio = {decoder_mask_ratio} (0: off): {e}") from e
         log.info("decoder masking (running cell %g): the decoder predicts %d tokens per clip instead of "
-                 "the %d masked ones", config.decoder_mask_ratio, predicted, grid[0] * n_mask)
+                 "the %d masked ones", decoder_mask_ratio, predicted, grid[0] * n_mask)
     loss_fn = functools.partial(pretrain_loss, model=model, mask_ratio=config.mask_ratio,
-                                norm_pix=config.norm_pix_loss, decoder_mask_ratio=config.decoder_mask_ratio)
+                                norm_pix=config.norm_pix_loss, decoder_mask_ratio=decoder_mask_ratio)
     return trainer.Task(
         model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=data,
         steps_per_epoch=max(len(source) * config.data.repeats // config.batch_size, 1),  # views

@@ -60,5 +60,6 @@ for task in $PROFILE_TASKS; do  # the pre-training step also leaves its trace
     "${trace[@]}" --out="$OUT/profile.jsonl" $Q
 done
 # 8. VideoMAE V2's decoder masking (running cell, 0.5) on part 1's and part 3's clip lengths.
-part 8 150 $STEPS --presets=$PRESET --frames=16,128 --tasks=pretrain --mask_ratios=0.9 --decoder_mask_ratio=0.5
+part 8 150 $STEPS --presets=$PRESET --frames="${DECODER_MASK_FRAMES:-16,128}" --tasks=pretrain --mask_ratios=0.9 \
+  --decoder_mask_ratio=0.5
 echo "== $(date -u +%H:%M:%S) done; results in $OUT" | tee -a "$LOG"

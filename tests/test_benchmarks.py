@@ -161,10 +161,11 @@ def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_pat
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
-    assert [p for p in "12345678" if f"== part {p}," in log] == ["1", "5", "7"], log
+    assert [p for p in "12345678" if f"== part {p}," in log] == ["1", "5", "7", "8"], log
     assert "ended with status" not in log, log[-3000:]
     steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
-    assert [(r["task"], r["mask_ratio"]) for r in steps] == [("pretrain", 0.9), ("finetune", 0.0)]
+    assert [(r["task"], r["mask_ratio"], r["decoder_mask_ratio"]) for r in steps] == [
+        ("pretrain", 0.9, 0.0), ("finetune", 0.0, 0.0), ("pretrain", 0.9, 0.5)]
     (profile,) = [json.loads(x) for x in (tmp_path / "profile.jsonl").read_text().splitlines()]
     assert profile["task"] == "pretrain" and profile["trace"]["ms_per_step"] > 0
     inputs = [json.loads(x) for x in (tmp_path / "input.jsonl").read_text().splitlines()]
