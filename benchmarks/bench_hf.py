@@ -28,7 +28,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from auvmae_jax import sharding  # noqa: E402
+from auvmae_jax import masking, sharding  # noqa: E402
 from auvmae_jax.models import PRESETS  # noqa: E402
 from benchmarks import steps as bench  # noqa: E402
 from benchmarks.results import emit  # noqa: E402
@@ -75,7 +75,7 @@ def torch_times(args) -> dict:
     config = hf_config(args.preset, args.frames, args.image_size, args.patch_size)
     s, t, b = args.image_size, args.frames, args.batch
     spatial = (s // args.patch_size) ** 2
-    n_mask = int(round(args.mask_ratio * spatial))
+    n_mask = masking.num_masked(spatial, args.mask_ratio)  # the same count as our tube mask
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, t, 3, s, s, generator=gen).to(device)
     noise = torch.rand(b, spatial, generator=gen)
