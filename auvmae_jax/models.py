@@ -8,6 +8,7 @@ axis names (`embed`, `mlp`, `heads`, `kv`, ...); `sharding.py` maps them to the 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -90,7 +91,7 @@ def patchify(video: jax.Array, tubelet: int, patch: int) -> jax.Array:
     return x.reshape(b, (t // tubelet) * (h // patch) * (w // patch), tubelet * patch * patch, c)
 
 
-ATTENTION_IMPLS = (None, "auto", "xla", "cudnn", "chunked")
+ATTENTION_IMPLS = (None, "auto", "xla", "cudnn", "chunked", "splash")
 # 'auto' switches from XLA's attention to query chunks from this many tokens: XLA's keeps
 # every `L x L` score matrix (ViT-B at 128 frames: 3.8 GB of bf16 scores per clip and block).
 CHUNKED_FROM_TOKENS = 4096
@@ -98,9 +99,10 @@ CHUNKED_FROM_TOKENS = 4096
 
 def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
                              backend: str | None = None, length: int | None = None) -> str:
-    """The attention implementation to use: 'cudnn', 'xla' or 'chunked'.
+    """The attention implementation to use: 'cudnn', 'xla', 'chunked' or 'splash'.
 
-    Asked-for ones are taken as asked. None/'auto' picks cuDNN's fused (flash)
+    Asked-for ones are taken as asked ('splash': `splash_attention`, TPU's fused kernel,
+    only when asked for). None/'auto' picks cuDNN's fused (flash)
     attention on NVIDIA GPUs where it applies (bf16/fp16 inputs, head dim a multiple
     of 8 up to 128); elsewhere (CPU, TPU, float32) XLA's, or `chunked_attention` for
     sequences of `CHUNKED_FROM_TOKENS` tokens or more. `backend` defaults to
@@ -108,7 +110,7 @@ def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {requested!r}; known: {ATTENTION_IMPLS}")
-    if requested in ("xla", "cudnn", "chunked"):
+    if requested in ("xla", "cudnn", "chunked", "splash"):
         return requested
     backend = jax.default_backend() if backend is None else backend
     fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -157,6 +159,61 @@ def chunked_attention(q: jax.Array, k: jax.Array, v: jax.Array, chunk: int = 102
 
     out = jax.lax.map(one_chunk, q)  # [n, B, chunk, H, D]
     return out.swapaxes(0, 1).reshape(b, n * chunk, h, d)[:, :lq]
+
+
+# Splash attention's tiles: queries and keys in blocks of the largest of these that divides
+# the sequence, padded to a multiple of 128 (the TPU's lane width, the kernel's unit).
+SPLASH_BLOCKS = (512, 256, 128)
+
+
+@functools.cache
+def _splash_kernel(heads: int, length: int, interpret: bool):
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    block = next(b for b in SPLASH_BLOCKS if length % b == 0)
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                              block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                              block_q_dq=block, block_kv_dq=block)
+    mask = splash.MultiHeadMask([splash.FullMask((length, length))] * heads)
+    with jax.ensure_compile_time_eval():  # concrete mask tables, whatever trace asks first
+        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1,
+                                      interpret=interpret)
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, interpret: bool | None = None) -> jax.Array:
+    """Softmax attention `[B, L, H, D]` by the TPU's fused kernel (Pallas splash attention).
+
+    jax's own flash-attention kernel for TPUs (what `jax.nn.dot_product_attention` lacks
+    there): tiles of queries and keys in VMEM, no `L x L` matrix in HBM, forward and
+    backward. The sequence is padded to a multiple of 128; padded keys and queries form a
+    segment of their own (segment ids), so real queries never see them. Under a mesh it
+    runs per shard (`shard_map`: batch and heads as the logical axis rules shard them; the
+    sequence is never sharded). Off TPUs it runs in Pallas's interpreter (`interpret`
+    default), slowly: for tests. Not yet run on a TPU by this project.
+    """
+    from jax.experimental.pallas.ops.tpu import splash_attention as splash
+
+    interpret = jax.default_backend() != "tpu" if interpret is None else interpret
+
+    def attend(q, k, v):
+        _, length, heads, d = q.shape
+        padded = -(-length // 128) * 128
+        kernel = _splash_kernel(heads, padded, interpret)
+        q = q * jnp.asarray(1.0 / np.sqrt(d), q.dtype)
+        pad = ((0, 0), (0, padded - length), (0, 0), (0, 0))
+        q, k, v = (jnp.pad(x, pad).swapaxes(1, 2) for x in (q, k, v))  # [B, H, L', D]
+        ids = None
+        if padded > length:
+            seg = (jnp.arange(padded) >= length).astype(jnp.int32)
+            ids = splash.SegmentIds(q=seg, kv=seg)
+        out = jax.vmap(lambda q, k, v: kernel(q, k, v, segment_ids=ids))(q, k, v)
+        return out.swapaxes(1, 2)[:, :length]
+
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return attend(q, k, v)
+    spec = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
+    return jax.shard_map(attend, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(q, k, v)
 
 
 def _dense_init(names: tuple[str | None, ...]):
@@ -208,6 +265,8 @@ class Attention(nn.Module):
             out = chunked_attention(q, k, v, self.cfg.attention_chunk)
         elif impl == "xla":
             out = xla_attention(q, k, v)
+        elif impl == "splash":
+            out = splash_attention(q, k, v)
         else:
             out = jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
         return jnp.einsum("blhe,hed->bld", out, w_out.astype(dtype)) + b_out.astype(dtype)

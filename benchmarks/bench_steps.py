@@ -35,7 +35,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--dtype", default="bfloat16", help="compute dtype; parameters stay float32")
     p.add_argument("--remat", action="store_true", help="rematerialise each block in the backward pass")
-    p.add_argument("--attention_impl", default=None, help="xla, cudnn or auto (default)")
+    p.add_argument("--attention_impl", default=None, help="auto (default), xla, cudnn, chunked, splash (TPU)")
     p.add_argument("--steps", type=int, default=10, help="timed steps; 0: compile only (memory, FLOPs)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--quick", action="store_true",

@@ -56,7 +56,7 @@ def parse(argv) -> argparse.Namespace:
     p.add_argument("--decoder_mask_ratio", type=float, default=0.0, help="0: off; 0.5: VideoMAE V2's")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--remat", action="store_true")
-    p.add_argument("--attention_impl", default=None)
+    p.add_argument("--attention_impl", default=None, help="auto (default), xla, cudnn, chunked, splash (TPU)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trace_dir", default="", help="write a jax.profiler trace of full steps here")

@@ -13,6 +13,8 @@
 # Python of its own (PYTHON_VERSION, 3.12): the TPU images' Python (3.10 on Ubuntu 22.04)
 # is older than jax supports; JAX_SPEC pins jax. The command runs with ~/auvmae-venv's
 # python where it exists, the worker's python3 otherwise.
+# Attention: XLA's (query chunks from 4,096 tokens) unless --config.model.attention_impl=splash
+# (jax's Pallas flash-attention kernel for TPUs; not yet run on a TPU by this project).
 # After a preemption (SIGTERM: a checkpoint is saved) recreate the slice and run the
 # same line again: it resumes from the workdir. SETUP=0 skips copying and installing.
 set -euo pipefail

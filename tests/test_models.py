@@ -139,6 +139,7 @@ def test_attention_implementation_choice():
     assert pick(None, jnp.bfloat16, 64, backend="gpu", length=12544) == "cudnn"
     assert pick("xla", jnp.float32, 64, backend="cpu", length=12544) == "xla"
     assert pick("chunked", jnp.float32, 64, backend="gpu") == "chunked"
+    assert pick("splash", jnp.bfloat16, 64, backend="tpu") == "splash"  # TPU's kernel: asked for only
     with pytest.raises(ValueError, match="unknown attention_impl 'flash'"):
         pick("flash", jnp.bfloat16, 64)
 
@@ -210,6 +211,25 @@ def test_our_and_chunked_attention_equal_jax_xla_attention_in_values_and_gradien
     out = xla_attention(qb, kb, vb)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), jax_xla(qb, kb, vb).astype(jnp.float32), atol=0.03)
+
+
+@pytest.mark.parametrize("length", [50, 384])
+def test_splash_attention_equals_xla_attention_in_values_and_gradients(length):
+    from auvmae_jax.models import splash_attention
+
+    # 50 tokens: padded to 128 (the padding a segment of its own); 384: three blocks of 128.
+    rng = np.random.default_rng(length)
+    q, k, v, w = (jnp.asarray(rng.normal(size=(2, length, 2, 16)), jnp.float32) for _ in range(4))
+    np.testing.assert_allclose(splash_attention(q, k, v), xla_attention(q, k, v), rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+             for f in (xla_attention, splash_attention)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
+    out = splash_attention(qb, kb, vb)
+    assert out.dtype == jnp.bfloat16
+    ref = xla_attention(qb, kb, vb).astype(jnp.float32)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.03)
 
 
 def test_chunked_attention_keeps_less_memory_for_long_sequences():

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from auvmae_jax import sharding
@@ -85,3 +86,46 @@ def test_eight_devices_shard_by_rules_and_match_one_device(synthetic_data_dir, t
     assert len(one["losses"]) == len(eight["losses"]) == 4
     for a, b in zip(one["losses"], eight["losses"]):
         assert abs(a - b) < 1e-4 * abs(a), (one["losses"], eight["losses"])
+
+
+# Pre-training loss and gradients of the mini model on a (data 2, fsdp 2, tensor 2) mesh, with
+# splash attention per shard (its interpreter on this CPU) against XLA's attention.
+SPLASH_SCRIPT = r"""
+import dataclasses, json
+import flax.linen as nn
+import jax, jax.numpy as jnp, numpy as np
+from auvmae_jax import losses, masking, sharding
+from auvmae_jax.models import VideoMAE, ViTConfig
+
+mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8, attention_impl="xla"))
+video = jnp.asarray(np.random.default_rng(0).normal(size=(4, 4, 32, 32, 3)), jnp.float32)
+vis, msk = masking.tube_mask(jax.random.key(0), 4, 16, 0.5)
+params = nn.meta.unbox(VideoMAE(cfg).init(jax.random.key(1), video, vis, msk))["params"]
+out = {}
+with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
+    batch = jax.device_put((video, vis, msk), sharding.batch_sharding(mesh, sharding.DEFAULT_RULES))
+    for impl in ("xla", "splash"):
+        model = VideoMAE(dataclasses.replace(cfg, attention_impl=impl))
+        def loss(p, video, vis, msk):
+            return jnp.mean(model.apply({"params": p}, video, vis, msk) ** 2)
+        fn = jax.jit(jax.value_and_grad(loss))
+        value, grads = fn(params, *batch)
+        out[impl] = [float(value)] + [np.asarray(g).ravel().tolist() for g in jax.tree.leaves(grads)]
+        jaxpr = str(jax.make_jaxpr(loss)(params, *batch))
+        out[impl + "_kernel"] = "shard_map" in jaxpr and "pallas_call" in jaxpr
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_splash_attention_per_shard_equals_xla_attention_on_eight_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", SPLASH_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1][len("RESULT "):])
+    assert out["splash_kernel"] and not out["xla_kernel"]  # the Pallas kernel, per shard (shard_map)
+    assert out["splash"][0] == pytest.approx(out["xla"][0], rel=1e-5)
+    for a, b in zip(out["xla"][1:], out["splash"][1:]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
