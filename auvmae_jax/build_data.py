@@ -82,6 +82,14 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
         return builder
     if workers < 1:
         raise UserError(f"--workers={workers}: must be >= 1")
+    if not os.listdir(manual_dir):
+        raise UserError(f"--manual_dir={manual_dir} is empty: place the dataset's folders there as they ship "
+                        "(layouts in DATA.md and in the builder's docstring)")
+    if not paths.is_url(data_dir):
+        try:
+            os.makedirs(os.path.expanduser(data_dir), exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--data_dir={data_dir}: cannot create it ({e.strerror or e})") from e
     if paths.is_url(data_dir) and beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
         raise UserError(f"--data_dir={data_dir}: ArrayRecord writes local files only, so a URL data_dir is "
                         "built locally then uploaded; a distributed Beam runner needs a data_dir on storage "

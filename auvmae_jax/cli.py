@@ -60,13 +60,13 @@ commands:
              [--clip_length=128 --clip_stride=N --image_size=224 --no-detect --workers=N
               --beam_pipeline_options=runner=DirectRunner,...]
   convert    PyTorch VideoMAE weights to a checkpoint dir: --source=FILE_OR_HF_DIR --output=DIR
-             [--trust-pickle --heads=N --num_frames=N --image_size=N]
+             [--trust-pickle --heads=N --dec_heads=N --num_frames=N --image_size=N]
   features   encoder features of a video: --checkpoint=DIR --video=FILE|FRAMES.npy --output=FEATS.npy
              [--pool=clip --no-detect --detector=mtcnn]
   predict    AUs in every frame of a video: --checkpoint=DIR --video=FILE [--output=aus.csv --plot=aus.png
              --no-detect --detector=mtcnn --batch_size=4 --hop=N]
 
-`auvmae COMMAND --helpfull` lists the flags."""
+`auvmae COMMAND --help` lists the flags."""
 
 
 def _demo() -> None:
@@ -145,11 +145,19 @@ def _convert() -> None:
     print(f"wrote {FLAGS.output}: use --config.init_from={FLAGS.output} or --checkpoint={FLAGS.output}")
 
 
+def _clip_flags() -> None:
+    if FLAGS.batch_size < 1:
+        raise UserError(f"--batch_size={FLAGS.batch_size}: must be at least 1")
+    if FLAGS.hop is not None and FLAGS.hop < 1:
+        raise UserError(f"--hop={FLAGS.hop}: must be at least 1 frame")
+
+
 def _features() -> None:
     from auvmae_jax import features
 
     if not (FLAGS.checkpoint and FLAGS.video and FLAGS.output):
         raise UserError("features needs --checkpoint=DIR --video=FILE --output=FEATS.npy")
+    _clip_flags()
     ckpt = features.load_checkpoint(FLAGS.checkpoint)
     features.extract_features(ckpt, FLAGS.video, FLAGS.output, pool=FLAGS.pool, detect=FLAGS.detect,
                               detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop,
@@ -163,6 +171,7 @@ def _predict() -> None:
 
     if not (FLAGS.checkpoint and FLAGS.video):
         raise UserError("predict needs --checkpoint=DIR (a fine-tuned workdir) and --video=FILE")
+    _clip_flags()
     ckpt = features.load_checkpoint(FLAGS.checkpoint)
     output = FLAGS.output or os.path.splitext(FLAGS.video)[0] + "_aus.csv"
     summary = predict.predict_video(ckpt, FLAGS.video, output, plot=FLAGS.plot, detect=FLAGS.detect,
@@ -203,6 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"auvmae: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
         return 2
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[2:]):
+        lines = USAGE.splitlines()
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"  {command} "))
+        end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith("    ")), len(lines))
+        print("usage: auvmae COMMAND [--flags]\n\n" + "\n".join(lines[start:end]))
+        print("\nflags (each command reads the ones that name it; --config.KEY=VALUE overrides a config):")
+        print(FLAGS.module_help(__name__))
+        return 0
     try:
         _parse_flags(["auvmae " + command, *("--nodetect" if a == "--no-detect" else a for a in argv[2:])])
     except UserError as e:
@@ -223,7 +240,10 @@ def _parse_flags(argv: list[str]) -> None:
     try:
         FLAGS(argv)
     except flags.Error as e:
-        raise UserError(str(e)) from e
+        text = str(e)
+        if config_file is not None and "Traceback (most recent call last)" in text:  # its get_config raised
+            text = f"config {config_file}: " + re.sub(r"^\w+: ", "", text.strip().splitlines()[-1].strip())
+        raise UserError(text) from e
     except (AttributeError, KeyError) as e:  # an override of a key the config does not have
         text = str(e)
         key = re.search(r"[A-Za-z_]\w*", text).group(0)

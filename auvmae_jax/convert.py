@@ -258,6 +258,8 @@ def _dense(state, used, p: str, bias: bool = True, gamma: np.ndarray | None = No
 
 
 def _block(state, used, names: dict, width: int, heads: int, layout: str) -> dict:
+    if width % heads:
+        raise UserError(f"{heads} attention heads do not divide the width {width} (--heads, --dec_heads)")
     dh = width // heads
     if layout == "hf":
         ws = [_take(state, used, names[x] + "weight").T for x in ("q", "k", "v")]
@@ -356,8 +358,11 @@ def infer_and_map(state: dict[str, np.ndarray], hf_config: dict | None = None,
         if dec_hidden / dec_width != hidden / width:
             raise UserError(f"decoder MLP ratio {dec_hidden / dec_width} differs from the encoder's "
                             f"{hidden / width}: our model uses one ratio for both")
-        dec_heads = overrides.pop("dec_heads", None) or hf_config.get("decoder_num_attention_heads") \
-            or max(dec_width // 64, 1)
+        given_dec_heads = overrides.pop("dec_heads", None) or hf_config.get("decoder_num_attention_heads")
+        dec_heads = given_dec_heads or max(dec_width // 64, 1)
+        if not given_dec_heads:
+            notes.append(f"decoder heads not stored in the weights: assumed {dec_heads} for width "
+                         f"{dec_width} (pass --dec_heads to change)")
         dec: dict[str, Any] = {"encoder_to_decoder": {"kernel": e2d.T},
                                "mask_token": _take(state, used, names.mask_token()).reshape(1, 1, dec_width)}
         for i in range(dec_depth):

@@ -57,19 +57,36 @@ def parse_spec(spec: str) -> list[tuple[str, float]]:
 
 def built_builder(name: str, data_dir: str):
     """The prepared builder `name`: a builder directory, or `builder/config` built in `data_dir`
-    (its newest version; configs with derived names are not registered, so read from disk)."""
+    (its newest version; configs with derived names are not registered, so read from disk).
+
+    `builder/config` names that config, or, where it is not built, the one variant of it built
+    with other options (`auvmae build-data --no-detect` of `face_videos/voxceleb2` writes
+    `face_videos/voxceleb2_nodetect`); with several variants built the error lists them.
+    """
     import tensorflow_datasets as tfds
 
-    folder = name if os.path.isdir(name) else os.path.join(os.path.expanduser(data_dir), name)
-    if os.path.isfile(os.path.join(folder, "dataset_info.json")):
-        return tfds.builder_from_directory(folder)
+    if os.path.isfile(os.path.join(name, "dataset_info.json")):
+        return tfds.builder_from_directory(name)
+    root = os.path.expanduser(data_dir)
+    folder = name if os.path.isdir(name) else os.path.join(root, name)
+    versions = _versions(folder)
+    if not versions and "/" in name and not os.path.isdir(name):
+        variants = sorted(c for c in glob.glob(folder + "_*") if _versions(c))
+        if len(variants) > 1:
+            raise UserError(f"dataset {name!r}: several builds in {data_dir}: "
+                            f"{', '.join(os.path.relpath(c, root) for c in variants)} (name one)")
+        versions = _versions(variants[0]) if variants else []
+    if not versions:
+        raise UserError(f"dataset {name!r} is not built in {data_dir}: run `auvmae build-data`")
+    return tfds.builder_from_directory(os.path.dirname(versions[-1]))
+
+
+def _versions(folder: str) -> list[str]:
+    """`folder/<version>/dataset_info.json` files, oldest version first."""
     def version(path: str) -> list[int]:
         return [int(x) for x in re.findall(r"\d+", os.path.basename(os.path.dirname(path)))]
 
-    versions = sorted(glob.glob(os.path.join(folder, "*", "dataset_info.json")), key=version)
-    if not versions:
-        raise UserError(f"mixture: dataset {name!r} is not built in {data_dir}: run `auvmae build-data`")
-    return tfds.builder_from_directory(os.path.dirname(versions[-1]))
+    return sorted(glob.glob(os.path.join(folder, "*", "dataset_info.json")), key=version)
 
 
 def load_mixture(spec: str, data_dir: str, split: str = "train",

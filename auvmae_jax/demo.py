@@ -33,17 +33,23 @@ def run(workdir: str) -> dict:
     _, ft_history = finetune.train(config.finetune, ft_dir)
     result = evaluation.evaluate_workdir(ft_dir)
 
-    first, last = pre_history[0]["loss"], pre_history[-1]["loss"]
-    print(f"\nPre-training: reconstruction loss {first:.4f} -> {last:.4f} "
-          f"over {pre_history[-1]['step']} steps")
+    print(f"\nPre-training: reconstruction {_losses(pre_history, 4)}")
     print(f"  checkpoints:      {os.path.join(pre_dir, 'checkpoints')}")
     print(f"  TensorBoard logs: tensorboard --logdir {workdir}")
     print(f"  reconstructions:  {os.path.join(pre_dir, 'reconstructions')}")
-    print(f"Fine-tuning (video level, all losses): loss {ft_history[0]['loss']:.3f} -> "
-          f"{ft_history[-1]['loss']:.3f} over {ft_history[-1]['step']} steps")
+    print(f"Fine-tuning (video level, all losses): {_losses(ft_history, 3)}")
     print(f"  held-out subjects ({result['split']}): mean F1 {100 * result['f1_mean']:.1f} vs "
           f"all-positive baseline {100 * result['baseline_f1_mean']:.1f}; "
           f"mean accuracy {100 * result['acc_mean']:.1f}")
     print(f"  metrics: {os.path.join(ft_dir, 'metrics.json')}, table: {os.path.join(ft_dir, 'metrics.md')}")
-    return {"pretrain_loss": (first, last), "f1_mean": result["f1_mean"],
+    pre_loss = (pre_history[0]["loss"], pre_history[-1]["loss"]) if pre_history else None
+    return {"pretrain_loss": pre_loss, "f1_mean": result["f1_mean"],
             "baseline_f1_mean": result["baseline_f1_mean"]}
+
+
+def _losses(history: list[dict], digits: int) -> str:
+    """'loss A -> B by step N' over this run's logged steps; a finished workdir has none."""
+    if not history:
+        return "loss: nothing left to train (the workdir's last checkpoint is its final step)"
+    first, last = history[0], history[-1]
+    return f"loss {first['loss']:.{digits}f} -> {last['loss']:.{digits}f} by step {last['step']}"

@@ -152,12 +152,12 @@ def load_checkpoint_params(path: str) -> dict:
     path = paths.resolve(path)
     ckpt_dir = paths.join(path, "checkpoints") if paths.exists(paths.join(path, "checkpoints")) else path
     if not paths.exists(ckpt_dir):
-        raise UserError(f"init checkpoint {path}: no such directory")
+        raise UserError(f"checkpoint {path}: no such directory")
     manager = ocp.CheckpointManager(ckpt_dir, item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                                              "data": trainer.DataPositions()})
     step = manager.latest_step()
     if step is None:
-        raise UserError(f"init checkpoint {path}: no checkpoint in {ckpt_dir}")
+        raise UserError(f"checkpoint {path}: no checkpoint in {ckpt_dir} (has its training saved one?)")
     # The parameters alone, as whole host arrays in every process, however many devices and
     # processes wrote them (a restore as saved would give arrays sharded over those devices).
     saved = manager.item_metadata(step)["state"]["params"]
@@ -207,7 +207,10 @@ def encoder_initialiser(path: str, model_cfg: ViTConfig | None = None, num_frame
             enc.pop(k)
         missing = sorted(set(params["encoder"]) - set(enc))
         if missing:
-            raise UserError(f"init checkpoint {path}: encoder lacks {missing}{hint()}")
+            depth = [sum(k.startswith("block") for k in e) for e in (loaded["encoder"], params["encoder"])]
+            why = (f" (it has {depth[0]} blocks, the config {depth[1]}: check model.preset)"
+                   if depth[0] != depth[1] else hint())
+            raise UserError(f"init checkpoint {path}: encoder lacks {missing}{why}")
         want = jax.tree.map(np.shape, params["encoder"])
         got = jax.tree.map(np.shape, enc)
         if want != got:
@@ -262,6 +265,8 @@ def layer_decay_multipliers(decay: float, depth: int):
 
 
 def make_task(config: Any, workdir: str) -> trainer.Task:
+    level_settings(config)  # a bad level or model config fails before any data work
+    ViTConfig.from_config(config.model)
     builder = input_pipeline.load_builder(config.data)
     aus = aus_of(builder)
     train_split, test_split = splits(config, builder)

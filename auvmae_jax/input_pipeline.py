@@ -46,8 +46,8 @@ def load_builder(data_cfg: Any):
         return data_builders.build_synthetic(data_dir, **dict(data_cfg.synthetic))
     if os.path.isdir(data_cfg.name):
         return tfds.builder_from_directory(data_cfg.name)
-    if "/" in data_cfg.name and glob.glob(os.path.join(data_dir, data_cfg.name, "*", "dataset_info.json")):
-        from auvmae_jax import data_mixture  # 'builder/config' built with options: not registered
+    if "/" in data_cfg.name:  # 'builder/config', or a variant of it built with options: not registered
+        from auvmae_jax import data_mixture
 
         return data_mixture.built_builder(data_cfg.name, data_dir)
     import data_builders  # noqa: F401  (registers the project's builders)
@@ -59,7 +59,7 @@ def load_builder(data_cfg: Any):
     if not builder.is_prepared():
         # A name without a config: the one config built with other options (`auvmae build-data`).
         built = sorted(glob.glob(os.path.join(data_dir, data_cfg.name, "*", "*", "dataset_info.json")))
-        if "/" not in data_cfg.name and len(built) == 1:
+        if len(built) == 1:
             return tfds.builder_from_directory(os.path.dirname(built[0]))
         found = f"; built here: {', '.join(os.path.dirname(b) for b in built)} (set data.name to one)" \
             if built else ""

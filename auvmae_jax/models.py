@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from auvmae_jax import masking
+from auvmae_jax.errors import UserError
 
 # width, depth, heads of the encoder; the MAE decoder's width, depth, heads.
 PRESETS: dict[str, dict[str, int]] = {
@@ -56,12 +57,12 @@ class ViTConfig:
         cfg = dict(cfg)
         preset = cfg.pop("preset", None)
         if preset and preset not in PRESETS:
-            raise ValueError(f"unknown model preset {preset!r}; known: {sorted(PRESETS)}")
+            raise UserError(f"config.model: unknown preset {preset!r}; known: {sorted(PRESETS)}")
         fields = dict(PRESETS[preset]) if preset else {}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(cfg) - names
         if unknown:
-            raise ValueError(f"unknown model config keys {sorted(unknown)}; known: {sorted(names)}")
+            raise UserError(f"config.model: unknown keys {sorted(unknown)}; known: {sorted(names)}")
         fields.update(cfg)
         return cls(**fields)
 

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from etils import epath
 
+from auvmae_jax.errors import UserError
+
 
 def is_url(path: str) -> bool:
     return "://" in str(path)
@@ -52,7 +54,11 @@ def write_json(path: str, obj: Any, indent: int = 2) -> None:
 
 
 def read_json(path: str) -> Any:
-    return json.loads(epath.Path(resolve(path)).read_text())
+    text = epath.Path(resolve(path)).read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON ({e}): rewrite or remove it") from e
 
 
 def save_npy(path: str, array: np.ndarray) -> None:

@@ -132,12 +132,12 @@ def training_source(data_config: Any):
 
 
 def make_task(config: Any, workdir: str) -> trainer.Task:
+    model = VideoMAE(ViTConfig.from_config(config.model))  # a bad model config fails before any data work
     source = training_source(config.data)
     data = input_pipeline.make_dataset(
         source, input_pipeline.sampler_from_config(config.data, train=True),
         batch_size=config.batch_size, seed=config.seed, worker_count=config.data.worker_count,
         read_threads=config.data.read_threads)
-    model = VideoMAE(ViTConfig.from_config(config.model))
     eval_sampler = input_pipeline.sampler_from_config(config.data, train=False)
     n = min(config.num_images, len(source))
     # Evenly spaced clips: different subjects and videos in the picture.

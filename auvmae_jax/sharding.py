@@ -18,6 +18,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from auvmae_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Default rules: batch over data+fsdp, weights' embed dim over fsdp (ZeRO-3 style),
@@ -41,18 +43,18 @@ def mesh_shape(dims: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolve `{'data': -1, 'fsdp': 2, 'tensor': 1}` (one -1 = the rest) to a shape."""
     unknown = set(dims) - set(MESH_AXES)
     if unknown:
-        raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
+        raise UserError(f"config.mesh: unknown axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
     shape = [int(dims.get(a, 1)) for a in MESH_AXES]
     free = [i for i, d in enumerate(shape) if d == -1]
     if len(free) > 1:
-        raise ValueError(f"mesh {dims}: at most one axis may be -1")
+        raise UserError(f"config.mesh {dims}: at most one axis may be -1")
     fixed = math.prod(d for d in shape if d != -1)
     if free:
         if num_devices % fixed:
-            raise ValueError(f"mesh {dims} does not divide {num_devices} devices")
+            raise UserError(f"config.mesh {dims} does not divide {num_devices} devices")
         shape[free[0]] = num_devices // fixed
     if math.prod(shape) != num_devices:
-        raise ValueError(f"mesh {dims} needs {math.prod(shape)} devices, {num_devices} available")
+        raise UserError(f"config.mesh {dims} needs {math.prod(shape)} devices, {num_devices} available")
     return tuple(shape)
 
 

@@ -76,3 +76,34 @@ def test_unwritable_workdir_is_a_clear_error(synthetic_data_dir, tmp_path):
     rc, _, err = _auvmae("pretrain", "--config=configs/pretrain.py:mini", f"--workdir={blocker}/run")
     assert rc == 1
     assert f"workdir {blocker}/run is not writable" in _error_line(err)
+
+
+def test_command_help_lists_the_flags():
+    rc, out, err = _auvmae("predict", "--help")
+    assert rc == 0, err
+    assert "predict    AUs in every frame" in out and "--batch_size" in out and "--workdir" in out
+
+
+@pytest.mark.parametrize("case", ["preset", "config_arg", "mesh", "json", "manual_dir", "batch_size"])
+def test_bad_input_is_one_line(case, tmp_path):
+    work = str(tmp_path / "w")
+    args, rc_want, text = {
+        "preset": (["pretrain", "--config=configs/pretrain.py:XX", f"--workdir={work}",
+                    f"--config.data.data_dir={tmp_path}/tfds"], 1, "config.model: unknown preset 'XX'"),
+        "config_arg": (["finetune", "--config=configs/finetune.py:foo,video,1", f"--workdir={work}"], 2,
+                       "config configs/finetune.py:foo,video,1: unknown dataset 'foo'"),
+        "mesh": (["pretrain", "--config=configs/pretrain.py:mini", f"--workdir={work}",
+                  "--config.mesh.fsdp=2", f"--config.data.data_dir={tmp_path}/tfds"], 1,
+                 "does not divide 1 devices"),
+        "json": (["evaluate", f"--workdir={work}"], 1, "config.json is not valid JSON"),
+        "manual_dir": (["build-data", "--dataset=disfa", f"--manual_dir={tmp_path}/empty",
+                        f"--data_dir={tmp_path}/tfds"], 1, "is empty"),
+        "batch_size": (["predict", f"--checkpoint={work}", "--video=talk.mp4", "--batch_size=0"], 1,
+                       "--batch_size=0: must be at least 1"),
+    }[case]
+    os.makedirs(work)
+    os.makedirs(tmp_path / "empty")
+    (tmp_path / "w" / "config.json").write_text("{not json")
+    rc, _, err = _auvmae(*args)
+    assert rc == rc_want and text in _error_line(err), err
+    assert not (tmp_path / "tfds").exists()  # failed before any data was built or read

@@ -3,6 +3,7 @@
 import pytest
 
 from auvmae_jax import finetune
+from auvmae_jax.errors import UserError
 from auvmae_jax.models import PRESETS, ViTConfig
 from configs import demo
 from configs import finetune as finetune_configs
@@ -45,7 +46,7 @@ def test_demo_config_is_consistent_and_honest():
 
 
 def test_unknown_preset_and_dataset_are_refused():
-    with pytest.raises(ValueError, match="unknown model preset"):
+    with pytest.raises(UserError, match="unknown preset"):
         ViTConfig.from_config(dict(preset="XL"))
     with pytest.raises(ValueError, match="unknown dataset"):
         finetune_configs.get_config("affwild,video,1")

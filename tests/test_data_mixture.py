@@ -2,6 +2,7 @@
 
 import collections
 
+import ml_collections
 import pytest
 
 from auvmae_jax import data_mixture, input_pipeline
@@ -49,3 +50,12 @@ def test_mixture_of_built_datasets_feeds_the_pipeline(tmp_path):
     assert batch["frames"].shape == (4, 4, 32, 32, 3)
     with pytest.raises(UserError, match="not built"):
         data_mixture.load_mixture("face_videos/mead", data_dir)
+    # 'builder/config' finds the one build of that config made with other options (as
+    # `build-data --no-detect` of face_videos/voxceleb2 writes voxceleb2_nodetect), not one of two.
+    prefix = names[0].split("_n")[0]  # synthetic_faces/s32_t8
+    with pytest.raises(UserError, match="several builds"):
+        input_pipeline.load_builder(ml_collections.ConfigDict({"name": prefix, "data_dir": data_dir}))
+    (tmp_path / "synthetic_faces" / names[1].split("/")[1]).rename(tmp_path / "elsewhere")
+    builder = input_pipeline.load_builder(ml_collections.ConfigDict({"name": prefix, "data_dir": data_dir}))
+    assert builder.info.config_name == names[0].split("/")[1]
+    assert len(data_mixture.load_mixture(f"{prefix}:1", data_dir, split="part1")) > 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from auvmae_jax import masking
+from auvmae_jax.errors import UserError
 from auvmae_jax.models import PRESETS, Encoder, VideoMAE, ViTConfig, patchify, sincos_table, xla_attention
 
 
@@ -103,9 +104,9 @@ def test_visible_tubelets_are_embedded_as_the_full_clip_then_dropped():
 
 
 def test_unknown_model_key_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model config keys.*widht"):
+    with pytest.raises(UserError, match="unknown keys.*widht"):
         ViTConfig.from_config(dict(preset="B", widht=3))
-    with pytest.raises(ValueError, match="unknown model preset"):
+    with pytest.raises(UserError, match="unknown preset"):
         ViTConfig.from_config(dict(preset="XL"))
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from auvmae_jax import sharding
+from auvmae_jax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,11 +61,11 @@ def _run(data_dir, workdir, mesh, devices, model=None):
 def test_mesh_shape_resolves_and_checks():
     assert sharding.mesh_shape({"data": -1, "fsdp": 1, "tensor": 1}, 8) == (8, 1, 1)
     assert sharding.mesh_shape({"data": 2, "fsdp": -1, "tensor": 2}, 8) == (2, 2, 2)
-    with pytest.raises(ValueError, match="unknown mesh axes"):
+    with pytest.raises(UserError, match="unknown axes"):
         sharding.mesh_shape({"model": 2}, 8)
-    with pytest.raises(ValueError, match="needs 6 devices"):
+    with pytest.raises(UserError, match="needs 6 devices"):
         sharding.mesh_shape({"data": 3, "fsdp": 2}, 8)
-    with pytest.raises(ValueError, match="does not divide"):
+    with pytest.raises(UserError, match="does not divide"):
         sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
 
 
