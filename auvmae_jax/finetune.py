@@ -202,15 +202,16 @@ def encoder_initialiser(path: str, model_cfg: ViTConfig | None = None, num_frame
         if "encoder" not in loaded:
             raise UserError(f"init checkpoint {path}: no 'encoder' parameters")
         enc = dict(loaded["encoder"])
+        depth = [sum(k.startswith("block") for k in e) for e in (enc, params["encoder"])]
+        if depth[0] != depth[1]:
+            raise UserError(f"init checkpoint {path}: its encoder has {depth[0]} blocks, the config's "
+                            f"{depth[1]} (check model.preset)")
         dropped = sorted(set(enc) - set(params["encoder"]))
         for k in dropped:
             enc.pop(k)
         missing = sorted(set(params["encoder"]) - set(enc))
         if missing:
-            depth = [sum(k.startswith("block") for k in e) for e in (loaded["encoder"], params["encoder"])]
-            why = (f" (it has {depth[0]} blocks, the config {depth[1]}: check model.preset)"
-                   if depth[0] != depth[1] else hint())
-            raise UserError(f"init checkpoint {path}: encoder lacks {missing}{why}")
+            raise UserError(f"init checkpoint {path}: encoder lacks {missing}{hint()}")
         want = jax.tree.map(np.shape, params["encoder"])
         got = jax.tree.map(np.shape, enc)
         if want != got:

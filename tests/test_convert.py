@@ -1,6 +1,7 @@
 """Weight import: transformers parity (tokens, reconstruction), official and MARLIN layouts, pickles."""
 
 import argparse
+import dataclasses
 import fractions
 import json
 import os
@@ -229,3 +230,8 @@ def test_fine_tuning_initialises_from_a_converted_dir(hf_pretraining, tmp_path, 
     with pytest.raises(UserError, match=r"lacks \['norm'\].*--config.model.final_norm=False"):
         finetune.encoder_initialiser(str(tmp_path / "pooled_out"))(
             jax.tree.map(np.asarray, nn.unbox(params)))
+    # another depth (a preset mix-up): named, not half-loaded
+    deeper = AUDetector(dataclasses.replace(cfg, depth=3), 3).init(jax.random.key(0),
+                                                                  jnp.zeros((1, 8, 32, 32, 3)))
+    with pytest.raises(UserError, match="its encoder has 2 blocks, the config's 3"):
+        init(jax.tree.map(np.asarray, nn.unbox(deeper["params"])))
