@@ -59,9 +59,10 @@ def built_builder(name: str, data_dir: str):
     """The prepared builder `name`: a builder directory, or `builder/config` built in `data_dir`
     (its newest version; configs with derived names are not registered, so read from disk).
 
-    `builder/config` names that config, or, where it is not built, the one variant of it built
-    with other options (`auvmae build-data --no-detect` of `face_videos/voxceleb2` writes
-    `face_videos/voxceleb2_nodetect`); with several variants built the error lists them.
+    Where `name` itself is not built, the one build that it names short is taken: for
+    `builder/config`, the config built with other options (`auvmae build-data --no-detect` of
+    `face_videos/voxceleb2` writes `face_videos/voxceleb2_nodetect`); for `builder`, its one
+    built config. With several such builds the error lists them.
     """
     import tensorflow_datasets as tfds
 
@@ -70,11 +71,12 @@ def built_builder(name: str, data_dir: str):
     root = os.path.expanduser(data_dir)
     folder = name if os.path.isdir(name) else os.path.join(root, name)
     versions = _versions(folder)
-    if not versions and "/" in name and not os.path.isdir(name):
-        variants = sorted(c for c in glob.glob(folder + "_*") if _versions(c))
+    if not versions and not os.path.isdir(name):
+        variants = sorted(c for c in glob.glob(folder + "_*" if "/" in name else os.path.join(folder, "*"))
+                          if _versions(c))
         if len(variants) > 1:
             raise UserError(f"dataset {name!r}: several builds in {data_dir}: "
-                            f"{', '.join(os.path.relpath(c, root) for c in variants)} (name one)")
+                            f"{', '.join(os.path.relpath(c, root) for c in variants)} (set data.name to one)")
         versions = _versions(variants[0]) if variants else []
     if not versions:
         raise UserError(f"dataset {name!r} is not built in {data_dir}: run `auvmae build-data`")

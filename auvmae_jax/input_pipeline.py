@@ -10,7 +10,6 @@ normalisation happen on the device.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import io
 import logging
 import os
@@ -21,6 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from auvmae_jax import data_mixture
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -47,8 +47,6 @@ def load_builder(data_cfg: Any):
     if os.path.isdir(data_cfg.name):
         return tfds.builder_from_directory(data_cfg.name)
     if "/" in data_cfg.name:  # 'builder/config', or a variant of it built with options: not registered
-        from auvmae_jax import data_mixture
-
         return data_mixture.built_builder(data_cfg.name, data_dir)
     import data_builders  # noqa: F401  (registers the project's builders)
 
@@ -56,16 +54,8 @@ def load_builder(data_cfg: Any):
         builder = tfds.builder(data_cfg.name, data_dir=data_dir)
     except Exception as e:  # tfds raises several types for unknown names/configs
         raise UserError(f"dataset {data_cfg.name!r} in {data_dir}: {e}") from e
-    if not builder.is_prepared():
-        # A name without a config: the one config built with other options (`auvmae build-data`).
-        built = sorted(glob.glob(os.path.join(data_dir, data_cfg.name, "*", "*", "dataset_info.json")))
-        if len(built) == 1:
-            return tfds.builder_from_directory(os.path.dirname(built[0]))
-        found = f"; built here: {', '.join(os.path.dirname(b) for b in built)} (set data.name to one)" \
-            if built else ""
-        raise UserError(
-            f"dataset {data_cfg.name!r} is not prepared in {data_dir}: run `auvmae build-data` first{found}"
-        )
+    if not builder.is_prepared():  # the one config built with other options (`auvmae build-data`)
+        return data_mixture.built_builder(data_cfg.name, data_dir)
     return builder
 
 

@@ -201,17 +201,21 @@ def test_our_and_chunked_attention_equal_jax_xla_attention_in_values_and_gradien
         return chunked_attention(q, k, v, chunk=16)  # 50 queries: 4 chunks, the last one padded
 
     # Ours (xla_attention, also inside each chunk) against jax's own XLA attention.
-    for ours in (xla_attention, chunked):
-        np.testing.assert_allclose(ours(q, k, v), jax_xla(q, k, v), rtol=1e-5, atol=1e-6)
-        grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-                 for f in (jax_xla, ours)]
-        for a, b in zip(*grads):
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
-    # bf16 inputs: float32 logits and softmax, the result back in bf16, as jax's.
+    _assert_same_attention(xla_attention, jax_xla, q, k, v, w)
+    _assert_same_attention(chunked, jax_xla, q, k, v, w)
+
+
+def _assert_same_attention(ours, ref, q, k, v, w, grad_atol=1e-6):
+    """Equal values and gradients (of a weighted sum) in float32; in bf16, the result in bf16 (float32
+    logits and softmax inside) within bf16's rounding."""
+    np.testing.assert_allclose(ours(q, k, v), ref(q, k, v), rtol=1e-5, atol=1e-6)
+    grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v) for f in (ref, ours)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=grad_atol)
     qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    out = xla_attention(qb, kb, vb)
+    out = ours(qb, kb, vb)
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_allclose(out.astype(jnp.float32), jax_xla(qb, kb, vb).astype(jnp.float32), atol=0.03)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref(qb, kb, vb).astype(jnp.float32), atol=0.03)
 
 
 @pytest.mark.parametrize("length", [50, 384])
@@ -221,16 +225,7 @@ def test_splash_attention_equals_xla_attention_in_values_and_gradients(length):
     # 50 tokens: padded to 128 (the padding a segment of its own); 384: three blocks of 128.
     rng = np.random.default_rng(length)
     q, k, v, w = (jnp.asarray(rng.normal(size=(2, length, 2, 16)), jnp.float32) for _ in range(4))
-    np.testing.assert_allclose(splash_attention(q, k, v), xla_attention(q, k, v), rtol=1e-5, atol=1e-6)
-    grads = [jax.grad(lambda *a, f=f: (f(*a) * w).sum(), argnums=(0, 1, 2))(q, k, v)
-             for f in (xla_attention, splash_attention)]
-    for a, b in zip(*grads):
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
-    qb, kb, vb = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    out = splash_attention(qb, kb, vb)
-    assert out.dtype == jnp.bfloat16
-    ref = xla_attention(qb, kb, vb).astype(jnp.float32)
-    np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.03)
+    _assert_same_attention(splash_attention, xla_attention, q, k, v, w, grad_atol=1e-5)
 
 
 def test_chunked_attention_keeps_less_memory_for_long_sequences():
