@@ -228,6 +228,24 @@ def test_splash_attention_equals_xla_attention_in_values_and_gradients(length):
     _assert_same_attention(splash_attention, xla_attention, q, k, v, w, grad_atol=1e-5)
 
 
+@pytest.mark.parametrize("length, heads, head_dim",
+                         [(160, 12, 64), (1568, 6, 64), (12544, 12, 64), (512, 3, 32)])
+def test_splash_attention_lowers_for_tpu(length, heads, head_dim):
+    # ViT-B's encoder at mask 0.9 (160 tokens), its decoder (1,568), 128-frame clips (12,544), the tiny
+    # decoder (head dim 32): forward and backward lower for a TPU without one (jax.export), each
+    # Pallas kernel (forward, dq, dkv) as one Mosaic custom call. Mosaic's own compile is libtpu's.
+    from auvmae_jax.models import splash_attention
+
+    q = jax.ShapeDtypeStruct((2, length, heads, head_dim), jnp.bfloat16)
+
+    def grads(q, k, v):
+        loss = lambda *a: splash_attention(*a, interpret=False).astype(jnp.float32).sum()  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
+
+    module = jax.export.export(jax.jit(grads), platforms=["tpu"])(q, q, q).mlir_module()
+    assert module.count("tpu_custom_call") == 3
+
+
 def test_chunked_attention_keeps_less_memory_for_long_sequences():
     from auvmae_jax.models import chunked_attention
 
