@@ -90,7 +90,7 @@ def build(dataset: str, manual_dir: str, data_dir: str, *, workers: int = 1,
             os.makedirs(os.path.expanduser(data_dir), exist_ok=True)
         except OSError as e:
             raise UserError(f"--data_dir={data_dir}: cannot create it ({e.strerror or e})") from e
-    if paths.is_url(data_dir) and beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
+    elif beam_pipeline_options and "DirectRunner" not in beam_pipeline_options:
         raise UserError(f"--data_dir={data_dir}: ArrayRecord writes local files only, so a URL data_dir is "
                         "built locally then uploaded; a distributed Beam runner needs a data_dir on storage "
                         "its workers share (copy it to the bucket afterwards)")

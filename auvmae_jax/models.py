@@ -111,7 +111,7 @@ def attention_implementation(requested: str | None, dtype: Any, head_dim: int,
     """
     if requested not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention_impl {requested!r}; known: {ATTENTION_IMPLS}")
-    if requested in ("xla", "cudnn", "chunked", "splash"):
+    if requested not in (None, "auto"):
         return requested
     backend = jax.default_backend() if backend is None else backend
     fused_dtype = jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
