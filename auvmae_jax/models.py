@@ -218,6 +218,18 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, interpret: bool |
     return jax.shard_map(attend, in_specs=(spec,) * 3, out_specs=spec, check_vma=False)(q, k, v)
 
 
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, `x * Phi(x)` as PyTorch computes it: `0.5 x (1 + erf(x / sqrt 2))`.
+
+    `jax.nn.gelu(approximate=False)` goes through `erfc` instead, whose two rational
+    branches and exponential cost XLA:CPU about three passes over the MLP's activations:
+    the tiny preset's pre-training step on this project's 2-core CPU machine took 10 ms
+    (6%) longer with it. The two differ by at most 1e-6 (float32 rounding of `1 + erf`
+    for negative `x`, where the result is near 0), as PyTorch's CPU kernel does from both.
+    """
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(1 / np.sqrt(2), x.dtype)))
+
+
 def _dense_init(names: tuple[str | None, ...]):
     return nn.with_logical_partitioning(nn.initializers.xavier_uniform(), names)
 
@@ -293,7 +305,7 @@ class Block(nn.Module):
         y = _norm(cfg, "norm2")(x)
         y = nn.Dense(hidden, dtype=cfg.dtype, kernel_init=_dense_init(("embed", "mlp")),
                      bias_init=_zeros(("mlp",)), name="fc1")(y)
-        y = nn.with_logical_constraint(nn.gelu(y, approximate=False), ("batch", "length", "mlp"))
+        y = nn.with_logical_constraint(gelu(y), ("batch", "length", "mlp"))
         y = nn.Dense(self.width, dtype=cfg.dtype, kernel_init=_dense_init(("mlp", "embed")),
                      bias_init=_zeros(("embed",)), name="fc2")(y)
         x = x + drop(y, deterministic=deterministic)

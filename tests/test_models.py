@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -6,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from auvmae_jax import masking
+from auvmae_jax import masking, models
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import PRESETS, Encoder, VideoMAE, ViTConfig, patchify, sincos_table, xla_attention
 
@@ -54,6 +55,20 @@ def test_sincos_table_interleaves_sin_and_cos():
     np.testing.assert_allclose(table[1, :4], [np.sin(1), np.cos(1), np.sin(10000 ** -0.25),
                                               np.cos(10000 ** -0.25)], rtol=1e-6)
     np.testing.assert_allclose(table[2, 6], np.sin(2 / 10000 ** 0.75), rtol=1e-6)
+
+
+def test_gelu_is_the_exact_erf_one():
+    gelu = models.gelu
+    # x * Phi(x), Phi the standard normal CDF: Phi(1) = 0.8413447, Phi(-1) = 0.1586553, Phi(2) = 0.9772499.
+    x = jnp.asarray([0.0, 1.0, -1.0, 2.0, -3.0, 10.0], jnp.float32)
+    np.testing.assert_allclose(gelu(x), [0, 0.8413447, -0.1586553, 1.9544997, -0.0040497, 10.0], atol=2e-7)
+    grid = jnp.linspace(-8, 8, 4001)
+    exact = functools.partial(jax.nn.gelu, approximate=False)
+    np.testing.assert_allclose(gelu(grid), exact(grid), atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(jax.grad(gelu))(grid), jax.vmap(jax.grad(exact))(grid), atol=1e-6)
+    assert gelu(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+    # Not the tanh approximation (flax's default): it is off by up to ~5e-4.
+    assert float(jnp.abs(gelu(grid) - jax.nn.gelu(grid, approximate=True)).max()) > 1e-4
 
 
 def test_patchify_orders_tokens_thw_and_values_thwc():
