@@ -65,6 +65,7 @@ class Setup:
     dtype: str = "bfloat16"
     remat: bool = False
     attention_impl: str | None = None
+    crop: bool = True  # training batches carry crop boxes (cropped in the step); False: ready frames
 
     def model_config(self) -> ViTConfig:
         return ViTConfig.from_config(dict(preset=self.preset, patch_size=self.patch_size, dtype=self.dtype,
@@ -88,7 +89,7 @@ def _priors(labels: np.ndarray) -> dict:
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
     s = setup.image_size
     batch = {"frames": rng.integers(0, 256, (setup.batch, setup.frames, s, s, 3), dtype=np.uint8)}
-    if setup.task != "infer":  # training batches carry crop boxes, cropped inside the step:
+    if setup.task != "infer" and setup.crop:  # crop boxes, cropped inside the training step:
         lo, hi = 0.1 * s, 0.9 * s  # here the centre 80% of the frame, mirrored in every other clip
         batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
                                     for i in range(setup.batch)], np.float32)
@@ -235,7 +236,7 @@ def crop_flops(setup: Setup) -> float:
     """FLOPs of the training step's crop (`augment.resized_crop`: two matmuls per clip
     over every frame), not counted in the model's FLOPs or its MFU."""
     s = setup.image_size
-    return 0.0 if setup.task == "infer" else 2 * (2 * setup.batch * setup.frames * s**3 * 3)
+    return 0.0 if setup.task == "infer" or not setup.crop else 2 * (2 * setup.batch * setup.frames * s**3 * 3)
 
 
 def _cost(stage) -> dict:

@@ -122,6 +122,22 @@ def test_input_benchmark_times_the_pipeline(tmp_path):
     assert "stored at 40px, crop on the host" in text
 
 
+def test_pytorch_comparison_times_both_sides_in_turns(tmp_path):
+    out = tmp_path / "hf.jsonl"
+    text, (r,) = _run("benchmarks.bench_hf", "--preset=mini", "--frames=4", "--quick",
+                      f"--out={out}")
+    assert r["torch_device"] == "cpu" and r["attention"] == "xla" and r["rounds"] == 3
+    for side in ("torch_train", "torch_infer", "jax_train", "jax_train_crop", "jax_infer"):
+        rounds = r[f"{side}_ms_rounds"]
+        assert len(rounds) == 3 and min(rounds) > 0
+        assert r[f"{side}_ms"] == pytest.approx(sorted(rounds)[1], abs=1e-3)  # the median
+    assert r["train_ratio_torch_over_jax"] == pytest.approx(r["torch_train_ms"] / r["jax_train_ms"])
+    assert r["infer_ratio_torch_over_jax"] == pytest.approx(r["torch_infer_ms"] / r["jax_infer_ms"])
+    assert "pre-training step (fwd+bwd+AdamW): PyTorch" in text and "inference (encoder" in text
+    assert "cropping its clips on the device" in text
+    assert json.loads(out.read_text()) == r
+
+
 def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):
     out = tmp_path / "profile.jsonl"
     text, results = _run("benchmarks.profile_step", "--preset=mini", "--frames=4", "--quick",
