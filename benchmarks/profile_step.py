@@ -19,8 +19,11 @@ differ from 0 either way). Parts with a matmul count print TFLOP/s and MFU, so t
 slow part shows itself. With `--trace_dir`, `--trace_steps` full steps run under
 `jax.profiler.trace` (TensorBoard's profile plugin or Perfetto open it) and the
 trace's device time is summed per op name: the top ops and the shares of matmul,
-attention and everything else (elementwise fusions, reductions, copies).
-Results also go to `--out` as one JSON line.
+attention and everything else (elementwise fusions, reductions, copies); and, each op
+traced back to the JAX op it was lowered from (the compiled step's HLO metadata), per
+part of the model and pass: the encoder's and decoder's attention, q/k/v and output
+projections, MLPs, LayerNorms and embeddings, forward and backward; the inputs and loss;
+the optimizer update. Results also go to `--out` as one JSON line.
 """
 
 from __future__ import annotations
@@ -153,30 +156,105 @@ def table(setup: bench.Setup, times: dict[str, float]) -> list[dict]:
     return out
 
 
-# Op or kernel names by kind, for the trace summary (cuBLAS/cuDNN/XLA kernel names on GPU,
-# HLO op names on TPU and CPU).
+# Op or kernel names by kind, for the trace summary where an op's JAX name is unknown
+# (cuBLAS/cuDNN/XLA kernel names on GPU, HLO op names on TPU and CPU).
 KINDS = (("attention", re.compile(r"sdpa|fmha|flash|attention|softmax", re.I)),
          ("matmul", re.compile(r"gemm|matmul|nvjet|xmma|cutlass|cublas|dot|conv", re.I)))
 SKIPPED_LINES = ("XLA Modules", "Steps", "Framework", "Source", "TraceMe", "python")
 NOT_OPS = re.compile(r"^(ThunkExecutor|SlinkyThreadPool|end: )")  # CPU runtime waits and markers
+HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?%([\w.\-]+) .*\{$")
+HLO_INSTRUCTION = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = ")
+HLO_OP_NAME = re.compile(r'metadata=\{[^}]*?op_name="([^"]*)"')
+HLO_CALLS = re.compile(r"calls=%([\w.\-]+)")
+ATTENTION_PROJECTIONS = re.compile(r"bld,dkhe->blkhe|blhe,hed->bld")  # models.Attention's einsums
 
 
-def summarise_trace(trace_dir: str, num_steps: int) -> dict:
+def hlo_op_names(hlo_text: str) -> dict[str, str]:
+    """{HLO instruction name: the JAX op name it was lowered from} of a compiled module's text.
+
+    An instruction without one of its own (a fusion, often) takes that of the computation it
+    calls: its root's, or else its first instruction's that has one.
+    """
+    names: dict[str, str] = {}
+    calls: dict[str, str] = {}
+    computation_op: dict[str, str] = {}
+    computation = ""
+    for line in hlo_text.splitlines():
+        if m := HLO_COMPUTATION.match(line):
+            computation = m.group(1)
+            continue
+        if not (m := HLO_INSTRUCTION.match(line)):
+            continue
+        root, name = m.groups()
+        if op := HLO_OP_NAME.search(line):
+            names[name] = op.group(1)
+            if root or computation not in computation_op:
+                computation_op[computation] = op.group(1)
+        elif called := HLO_CALLS.search(line):
+            calls[name] = called.group(1)
+    for name, called in calls.items():
+        if called in computation_op:
+            names[name] = computation_op[called]
+    return names
+
+
+def model_part(op_name: str | None) -> tuple[str, str]:
+    """(part of the step, pass) of an op by its JAX name, e.g. ('decoder attention',
+    'backward'): the encoder's and decoder's attention (softmax and its two einsums), their
+    q/k/v and output projections, LayerNorms, MLPs (with GELU and the residual adds), and
+    embeddings; the task's inputs and loss; the optimizer update (outside the gradient)."""
+    if not op_name:
+        return "unattributed", "-"
+    if "jvp(" not in op_name:
+        return "optimizer update & metrics", "-"
+    pass_ = "backward" if "transpose(jvp(" in op_name else "forward"
+    m = re.search(r"/(encoder|decoder)/(.*)", op_name)
+    if not m:
+        model = re.search(r"\((VideoMAE|AUDetector)\)/", op_name)
+        return ("model head" if model else "inputs & loss"), pass_
+    module, rest = m.groups()
+    if re.match(r"block\d+/(.*/)?attn/", rest):
+        sub = "attention projections" if ATTENTION_PROJECTIONS.search(rest) else "attention"
+    elif re.match(r"(block\d+/(.*/)?)?norm\d*/", rest):
+        sub = "LayerNorms"
+    elif re.match(r"block\d+/", rest):
+        sub = "MLP & residuals"
+    else:
+        sub = "embedding & head"
+    return f"{module} {sub}", pass_
+
+
+def op_kind(name: str, op_name: str | None) -> str:
+    """'attention', 'matmul' or 'other': by the op's JAX name where known, else by `name`."""
+    if op_name:
+        if model_part(op_name)[0].endswith(" attention"):
+            return "attention"
+        return "matmul" if re.search(r"dot_general|conv_general", op_name) else "other"
+    return next((k for k, pattern in KINDS if pattern.search(name)), "other")
+
+
+def summarise_trace(trace_dir: str, num_steps: int, hlo_text: str = "") -> dict:
     """Device time per op name (ms per step) from the newest `.xplane.pb` under `trace_dir`.
 
     Device planes (`/device:...`) where there are any: their kernel lines ("Stream ...",
     GPU), else their "XLA Ops" line (TPU); on a CPU-only trace, the XLA client's threads.
-    Self time: an event's time less the events it encloses on the same line.
+    Self time: an event's time less the events it encloses on the same line. With the
+    compiled step's `hlo_text`, each event's HLO op (its `hlo_op` stat, or its name) leads to
+    the JAX op it came from: time by kind (matmul, attention, other) and by part of the model
+    and pass (`model_part`).
     """
     files = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
                    key=os.path.getmtime)
     if not files:
         raise FileNotFoundError(f"no .xplane.pb trace under {trace_dir}")
     data = jax.profiler.ProfileData.from_file(files[-1])
+    op_names = hlo_op_names(hlo_text)
     planes = [pl for pl in data.planes if pl.name.startswith("/device:")]
     if not planes:
         planes = [pl for pl in data.planes if pl.name.startswith("/host:CPU")]
     per_op: collections.Counter = collections.Counter()
+    kinds: collections.Counter = collections.Counter()
+    parts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for plane in planes:
         lines = list(plane.lines)
         streams = [ln for ln in lines if ln.name.startswith("Stream")]  # GPU kernels
@@ -186,20 +264,27 @@ def summarise_trace(trace_dir: str, num_steps: int) -> dict:
         else:
             lines = streams or ops or [ln for ln in lines if not ln.name.startswith(SKIPPED_LINES)]
         for line in lines:
-            for name, ns in _self_times(line.events):
-                if not NOT_OPS.match(name):
-                    per_op[name] += ns / 1e6 / num_steps
-    kinds: collections.Counter = collections.Counter()
-    for name, ms in per_op.items():
-        kinds[next((k for k, pattern in KINDS if pattern.search(name)), "other")] += ms
+            for event, ns in _self_times(line.events):
+                if NOT_OPS.match(event.name):
+                    continue
+                ms = ns / 1e6 / num_steps
+                op_name = op_names.get(dict(event.stats).get("hlo_op") or event.name)
+                per_op[event.name] += ms
+                kinds[op_kind(event.name, op_name)] += ms
+                part, pass_ = model_part(op_name)
+                parts[part][pass_] += ms
+    by_part = {part: {k: round(v, 3) for k, v in passes.items()}
+               for part, passes in sorted(parts.items(), key=lambda kv: -sum(kv[1].values()))}
     return {"file": files[-1], "ms_per_step": sum(per_op.values()),
             "kinds": {k: round(v, 3) for k, v in kinds.most_common()},
+            "parts": by_part if op_names else {},
             "ops": [(name, round(ms, 3)) for name, ms in per_op.most_common()]}
 
 
-def _self_times(events) -> list[tuple[str, float]]:
-    """(name, self time ns) of the events of one trace line: duration less enclosed events'."""
-    spans = sorted((e.start_ns, -e.duration_ns, e.name) for e in events)
+def _self_times(events) -> list[tuple[object, float]]:
+    """(event, self time ns) of the events of one trace line: duration less enclosed events'."""
+    events = list(events)
+    spans = sorted((e.start_ns, -e.duration_ns, i) for i, e in enumerate(events))
     self_ns = [-d for _, d, _ in spans]
     stack: list[tuple[float, int]] = []  # (end, index) of the enclosing events
     for i, (start, neg_dur, _) in enumerate(spans):
@@ -208,20 +293,23 @@ def _self_times(events) -> list[tuple[str, float]]:
         if stack:
             self_ns[stack[-1][1]] += neg_dur
         stack.append((start - neg_dur, i))
-    return [(name, ns) for (_, _, name), ns in zip(spans, self_ns)]
+    return [(events[i], ns) for (_, _, i), ns in zip(spans, self_ns)]
 
 
-def trace(p: bench.Prepared, mesh, trace_dir: str, num_steps: int) -> None:
-    """Run `num_steps` full train steps (after one untraced) under the profiler."""
+def trace(p: bench.Prepared, mesh, trace_dir: str, num_steps: int) -> str:
+    """Run `num_steps` full train steps (after one untraced) under the profiler; returns the
+    compiled step's HLO text (its ops' JAX names)."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.DEFAULT_RULES):
-        step = jax.jit(bench.train_step_fn(p), donate_argnums=(0,))
-        state, metrics = step(jax.tree.map(jnp.copy, p.state), p.batch)
+        state = jax.tree.map(jnp.copy, p.state)
+        step = jax.jit(bench.train_step_fn(p), donate_argnums=(0,)).lower(state, p.batch).compile()
+        state, metrics = step(state, p.batch)
         jax.block_until_ready(metrics)
         with jax.profiler.trace(trace_dir):
             for i in range(num_steps):
                 with jax.profiler.StepTraceAnnotation("train", step_num=i):
                     state, metrics = step(state, p.batch)
             jax.block_until_ready((state, metrics))
+    return step.as_text()
 
 
 def main(argv=None) -> int:
@@ -247,10 +335,15 @@ def main(argv=None) -> int:
         print(f"{r['part']:<30} {r['ms']:>9.3f} {100 * r['share']:>7.1f}% {tf:>9} {mfu:>7}")
     result = {**dataclasses.asdict(setup), "device_kind": kind, "parts": rows}
     if args.trace_dir:
-        trace(prepared, mesh, args.trace_dir, args.trace_steps)
-        summary = summarise_trace(args.trace_dir, args.trace_steps)
+        hlo = trace(prepared, mesh, args.trace_dir, args.trace_steps)
+        summary = summarise_trace(args.trace_dir, args.trace_steps, hlo)
         print(f"trace: {summary['file']}: {summary['ms_per_step']:.2f} ms of op time per step; by kind: "
               + ", ".join(f"{k} {v:.2f} ms" for k, v in summary["kinds"].items()))
+        print(f"  {'by part of the step, ms per step':<40} {'forward':>9} {'backward':>9}")
+        for part, passes in summary["parts"].items():
+            fwd, bwd = passes.get("forward", passes.get("-", 0.0)), passes.get("backward")
+            print(f"  {part:<40} {fwd:>9.3f} {'' if bwd is None else f'{bwd:9.3f}':>9}")
+        print(f"  top {args.top} ops:")
         for name, ms in summary["ops"][: args.top]:
             print(f"  {ms:9.3f} ms  {name[:110]}")
         result["trace"] = {**summary, "ops": summary["ops"][: args.top]}

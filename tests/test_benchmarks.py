@@ -154,6 +154,12 @@ def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):
     step = [p for p in r["parts"] if p["part"] == "train step"][0]
     assert step["share"] == 1.0 and step["tflop_per_s"] > 0
     assert r["trace"]["ms_per_step"] > 0 and r["trace"]["ops"] and "forward + backward" in text
+    parts = r["trace"]["parts"]  # every op of the step, attributed to a part of the model and a pass
+    assert sum(sum(p.values()) for p in parts.values()) == pytest.approx(r["trace"]["ms_per_step"], rel=1e-3)
+    for part in ("encoder attention", "decoder attention", "decoder MLP & residuals", "inputs & loss"):
+        assert parts[part]["forward"] > 0 and parts[part]["backward"] > 0, part
+    assert parts["optimizer update & metrics"]["-"] > 0 and "by part of the step" in text
+    assert r["trace"]["kinds"]["matmul"] > 0 and r["trace"]["kinds"]["attention"] > 0
     assert json.loads(out.read_text())["parts"] == r["parts"]
 
 
@@ -165,8 +171,64 @@ def test_trace_self_times_subtract_enclosed_events():
     Event = namedtuple("Event", "name start_ns duration_ns")
     events = [Event("child", 2, 3), Event("parent", 0, 10), Event("grandchild", 3, 1), Event("next", 10, 4),
               Event("child2", 6, 1)]
-    assert sorted(_self_times(events)) == sorted([("parent", 6), ("child", 2), ("grandchild", 1),
-                                                  ("child2", 1), ("next", 4)])
+    assert sorted((e.name, ns) for e, ns in _self_times(events)) == sorted(
+        [("parent", 6), ("child", 2), ("grandchild", 1), ("child2", 1), ("next", 4)])
+
+
+# Excerpts of a compiled pre-training step's HLO (XLA:CPU): a fusion with its own JAX name, one
+# without (it takes its computation's root's), and a dot that no JAX op named.
+BWD = "jit(train_step)/transpose(jvp(VideoMAE))/decoder/block0"
+FWD = "jit(train_step)/jvp(VideoMAE)/decoder/block1"
+HLO = f"""
+%fused_computation.178 (param_0.1: f32[], param_1.2: f32[8,3,512,32]) -> f32[8,3,512,512] {{
+  %param_1.2 = f32[8,3,512,32]{{3,2,1,0}} parameter(1)
+  %neg.7 = f32[8,3,512]{{2,1,0}} negate(%x), metadata={{op_name="{BWD}/attn/neg" stack_frame_id=1}}
+  ROOT %mul.124 = f32[8,3,512,512]{{3,2,1,0}} multiply(%a, %b), metadata={{op_name="{BWD}/attn/mul"}}
+}}
+%fused_computation.273 (param_0.366: f32[8,3072,64]) -> f32[8,3072,64] {{
+  ROOT %dot.177 = f32[8,3072,64]{{2,1,0}} dot(%param_0.366, %param_1.378), lhs_batch_dims={{0}}
+}}
+ENTRY %main.1 (p: f32[8]) -> f32[8] {{
+  %ynn_fusion.178 = f32[8,3,512,512]{{3,2,1,0}} fusion(%c, %d), kind=kCustom, calls=%fused_computation.178
+  %ynn_fusion.273 = f32[8,3072,64]{{2,1,0}} fusion(%e), kind=kCustom, calls=%fused_computation.273
+  ROOT %ynn_fusion.204 = f32[4096,384]{{1,0}} fusion(%f), metadata={{op_name="{FWD}/fc1/dot_general"}}
+}}
+"""
+
+
+def test_trace_ops_are_named_by_the_jax_ops_they_came_from():
+    from benchmarks.profile_step import hlo_op_names, model_part, op_kind
+
+    names = hlo_op_names(HLO)
+    assert names["ynn_fusion.178"] == "jit(train_step)/transpose(jvp(VideoMAE))/decoder/block0/attn/mul"
+    assert names["ynn_fusion.204"] == "jit(train_step)/jvp(VideoMAE)/decoder/block1/fc1/dot_general"
+    assert names["neg.7"].endswith("/attn/neg") and "ynn_fusion.273" not in names
+    assert model_part(names["ynn_fusion.178"]) == ("decoder attention", "backward")
+    assert model_part(names["ynn_fusion.204"]) == ("decoder MLP & residuals", "forward")
+    step = "jit(train_step)/"
+    for op, part in [
+        ("jvp(VideoMAE)/encoder/block3/attn/bld,dkhe->blkhe/dot_general",
+         ("encoder attention projections", "forward")),
+        ("transpose(jvp(VideoMAE))/encoder/block0/attn/blhe,hed->bld/dot_general",
+         ("encoder attention projections", "backward")),
+        ("jvp(AUDetector)/encoder/block0/attn/bhqd,bhkd->bhqk/dot_general", ("encoder attention", "forward")),
+        ("jvp(VideoMAE)/decoder/block0/norm1/reduce_sum", ("decoder LayerNorms", "forward")),
+        ("transpose(jvp(VideoMAE))/encoder/norm/mul", ("encoder LayerNorms", "backward")),
+        ("jvp(VideoMAE)/decoder/block1/erf", ("decoder MLP & residuals", "forward")),
+        ("jvp(VideoMAE)/encoder/patch_embed/dot_general", ("encoder embedding & head", "forward")),
+        ("jvp(AUDetector)/fc_norm/reduce_sum", ("model head", "forward")),
+        ("jvp(jit(take_along_axis))/gather", ("inputs & loss", "forward")),
+        ("transpose(jvp())/mul", ("inputs & loss", "backward")),
+        ("mul", ("optimizer update & metrics", "-")),
+    ]:
+        assert model_part(step + op) == part, op
+    assert model_part(None) == ("unattributed", "-")
+    assert op_kind("ynn_fusion.178", names["ynn_fusion.178"]) == "attention"
+    assert op_kind("ynn_fusion.204", names["ynn_fusion.204"]) == "matmul"
+    assert op_kind("copy.5", step + "jvp()/transpose") == "other"
+    # Without a JAX name, by the kernel's: cuBLAS and cuDNN's on GPUs.
+    assert op_kind("nvjet_hsh_128x256_64x4_1x2_h_bz_coopA_NTN", None) == "matmul"
+    assert op_kind("cudnn_generated_fort_native_sdpa_sm90_flash_fprop", None) == "attention"
 
 
 def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_path):
