@@ -202,17 +202,19 @@ def model_part(op_name: str | None) -> tuple[str, str]:
     """(part of the step, pass) of an op by its JAX name, e.g. ('decoder attention',
     'backward'): the encoder's and decoder's attention (softmax and its two einsums), their
     q/k/v and output projections, LayerNorms, MLPs (with GELU and the residual adds), and
-    embeddings; the task's inputs and loss; the optimizer update (outside the gradient)."""
+    embeddings; the task's inputs and loss; the optimizer update (outside the gradient).
+    With remat, a block's recomputation counts in the backward pass, where it runs."""
     if not op_name:
         return "unattributed", "-"
     if "jvp(" not in op_name:
         return "optimizer update & metrics", "-"
     pass_ = "backward" if "transpose(jvp(" in op_name else "forward"
-    m = re.search(r"/(encoder|decoder)/(.*)", op_name)
-    if not m:
+    found = list(re.finditer(r"/(encoder|decoder)/", op_name))  # the innermost (remat repeats them)
+    if not found:
         model = re.search(r"\((VideoMAE|AUDetector)\)/", op_name)
         return ("model head" if model else "inputs & loss"), pass_
-    module, rest = m.groups()
+    module = found[-1].group(1)
+    rest = re.sub(r"(checkpoint|rematted_computation)/", "", op_name[found[-1].end():])
     if re.match(r"block\d+/(.*/)?attn/", rest):
         sub = "attention projections" if ATTENTION_PROJECTIONS.search(rest) else "attention"
     elif re.match(r"(block\d+/(.*/)?)?norm\d*/", rest):

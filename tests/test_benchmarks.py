@@ -220,6 +220,10 @@ def test_trace_ops_are_named_by_the_jax_ops_they_came_from():
         ("jvp(jit(take_along_axis))/gather", ("inputs & loss", "forward")),
         ("transpose(jvp())/mul", ("inputs & loss", "backward")),
         ("mul", ("optimizer update & metrics", "-")),
+        ("transpose(jvp(AUDetector))/encoder/jvp(AUDetector)/encoder/checkpoint/rematted_computation/"
+         "block1/norm2/mul", ("encoder LayerNorms", "backward")),  # remat's recomputation
+        ("transpose(jvp(AUDetector))/encoder/jvp(AUDetector)/encoder/checkpoint/block0/attn/exp",
+         ("encoder attention", "backward")),
     ]:
         assert model_part(step + op) == part, op
     assert model_part(None) == ("unattributed", "-")
