@@ -209,7 +209,8 @@ def main(argv=None) -> int:
         ms = times[name]
         return f"{result[name + '_ms']:.2f} ms ({min(ms):.2f}-{max(ms):.2f})"
 
-    print(f"median of {args.rounds} rounds, the sides taking turns, {args.steps} steps each a round (range):")
+    calls = f"{args.steps} step{'s' if args.steps > 1 else ''}"
+    print(f"median of {args.rounds} rounds, the sides taking turns, {calls} each a round (range):")
     print(f"pre-training step (fwd+bwd+AdamW): PyTorch {line('torch_train')}, JAX {line('jax_train')}, "
           f"ratio {result['train_ratio_torch_over_jax']:.2f}")
     print(f"  JAX's step cropping its clips on the device, as it trains: {line('jax_train_crop')} "
