@@ -14,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from auvmae_jax import input_pipeline, losses, metrics, paths, sharding
 from auvmae_jax.errors import UserError
+from auvmae_jax.models import inference_jit
 
 log = logging.getLogger("auvmae")
 
@@ -31,7 +32,7 @@ class Evaluator:
     def __init__(self, model, level, source, sampler, aus: list[int], batch_size: int, seed: int = 0):
         self.model, self.level, self.source, self.sampler = model, level, source, sampler
         self.aus, self.batch_size, self.seed = aus, batch_size, seed
-        self._predict = jax.jit(self._probs)
+        self._predict = inference_jit(self._probs)
 
     def _probs(self, params, frames: jax.Array) -> jax.Array:
         _, x = losses.normalize_frames(frames, self.model.cfg.dtype)

@@ -28,7 +28,7 @@ import numpy as np
 
 from auvmae_jax import faces, losses, paths, video_io
 from auvmae_jax.errors import UserError
-from auvmae_jax.models import Encoder, ViTConfig
+from auvmae_jax.models import Encoder, ViTConfig, inference_jit
 
 log = logging.getLogger("auvmae")
 
@@ -262,7 +262,7 @@ def feature_fn(ckpt: Checkpoint) -> Callable[[np.ndarray], np.ndarray]:
     encoder = Encoder(ckpt.vit)
     params = ckpt.params["encoder"]
 
-    @jax.jit
+    @inference_jit
     def fn(frames):
         x = model_inputs(ckpt, frames)
         tokens = encoder.apply({"params": params}, x)

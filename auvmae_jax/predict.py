@@ -18,7 +18,7 @@ import numpy as np
 
 from auvmae_jax import faces, features, paths
 from auvmae_jax.errors import UserError
-from auvmae_jax.models import AUDetector
+from auvmae_jax.models import AUDetector, inference_jit
 
 log = logging.getLogger("auvmae")
 
@@ -36,7 +36,7 @@ def probability_fn(ckpt: features.Checkpoint):
     params = ckpt.params
     seed = int(ckpt.config.get("seed", 0))
 
-    @jax.jit
+    @inference_jit
     def fn(frames):
         x = features.model_inputs(ckpt, frames)
         # patch level: the fixed tube mask of the evaluator (evaluation.py)

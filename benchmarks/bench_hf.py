@@ -35,7 +35,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from auvmae_jax import masking, sharding  # noqa: E402
-from auvmae_jax.models import PRESETS  # noqa: E402
+from auvmae_jax.models import PRESETS, inference_jit  # noqa: E402
 from benchmarks import steps as bench  # noqa: E402
 from benchmarks.results import emit  # noqa: E402
 
@@ -144,7 +144,8 @@ def jax_steps(args) -> tuple[dict, dict]:
     frames = jax.device_put(np.random.default_rng(0).integers(
         0, 256, (args.batch, args.frames, args.image_size, args.image_size, 3), dtype=np.uint8))
     encoder_params = jax.tree.map(jnp.copy, fn_args[0].params["encoder"])
-    infer = jax.jit(lambda p, f: bench.encoder_inference(cfg, p, f)).lower(encoder_params, frames).compile()
+    infer = inference_jit(lambda p, f: bench.encoder_inference(cfg, p, f))
+    infer = infer.lower(encoder_params, frames).compile()
     steps["jax_infer"] = lambda: jax.block_until_ready(infer(encoder_params, frames))
     return steps, {"jax": jax.__version__, "attention": bench._attention_name(setup)}
 

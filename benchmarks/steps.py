@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from auvmae_jax import finetune, knowledge, losses, masking, pretrain, sharding, trainer
-from auvmae_jax.models import AUDetector, Encoder, VideoMAE, ViTConfig
+from auvmae_jax.models import AUDetector, Encoder, VideoMAE, ViTConfig, inference_jit
 
 # Dense bf16 peak of one device, FLOP/s, by a substring of `device.device_kind`.
 PEAK_BF16 = (
@@ -152,7 +152,7 @@ def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
         def infer(params, batch):
             return p.model.apply({"params": params}, losses.normalize_frames(batch["frames"], dtype)[1])
 
-        fn = jax.jit(infer, in_shardings=(p.shardings.params, p.batch_sharding))
+        fn = inference_jit(infer, in_shardings=(p.shardings.params, p.batch_sharding))
         return fn, (p.state.params, p.batch), {"donated": False}
     fn = jax.jit(train_step_fn(p), in_shardings=(p.shardings, p.batch_sharding),
                  out_shardings=(p.shardings, sharding.replicated(mesh)), donate_argnums=(0,))

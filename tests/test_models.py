@@ -160,6 +160,27 @@ def test_attention_implementation_choice():
         pick("flash", jnp.bfloat16, 64)
 
 
+def test_inference_jit_compiles_without_ynn_fusions_on_cpu_and_computes_the_same(monkeypatch):
+    assert models.inference_compiler_options("gpu") is None
+    assert models.inference_compiler_options("tpu") is None
+    assert models.inference_compiler_options("cpu") == models.CPU_INFERENCE_OPTIONS
+    cfg = ViTConfig.from_config(dict(preset="mini", attention_impl="xla"))
+    block = models.Block(cfg, 32, 2)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 32)), jnp.float32)
+    params = nn.meta.unbox(block.init(jax.random.key(0), x))
+    plain = jax.jit(block.apply).lower(params, x).compile()
+    inference = models.inference_jit(block.apply).lower(params, x).compile()
+    # XLA:CPU's defaults hand the block's matmuls (the whole attention: both matmuls and the
+    # softmax, in one) to YNNPACK fusions; the inference compile keeps none of them.
+    assert "__ynn_fusion" in plain.as_text()
+    assert "__ynn_fusion" not in inference.as_text()
+    np.testing.assert_allclose(inference(params, x), plain(params, x), rtol=1e-5, atol=1e-5)
+    # A jaxlib whose XLA lacks the option compiles with its defaults rather than failing.
+    monkeypatch.setattr(models, "CPU_INFERENCE_OPTIONS", {"xla_cpu_no_such_option": ""})
+    assert models.inference_compiler_options("cpu") is None
+    np.testing.assert_allclose(models.inference_jit(block.apply)(params, x), plain(params, x), rtol=1e-6)
+
+
 def test_attention_equals_explicit_softmax_attention():
     from auvmae_jax.models import Attention
 
