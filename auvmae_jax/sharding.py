@@ -60,10 +60,10 @@ def mesh_shape(dims: dict[str, int], num_devices: int) -> tuple[int, ...]:
 
 def make_mesh(dims: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor) over `devices` (default: all), Auto axis types."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape(dict(dims), len(devices))
-    if len(devices) == len(jax.devices()):
+    if devices is None:  # all of them, laid out by jax for the device topology
+        shape = mesh_shape(dict(dims), jax.device_count())
         return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    shape = mesh_shape(dict(dims), len(devices))
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 

@@ -253,6 +253,17 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def boxed_init_fn(task: Task, tx) -> Callable[[jax.Array], TrainState]:
+    """rng -> initial train state, parameters still boxed with their logical axis names."""
+
+    def boxed_init(rng):
+        variables = task.model.init({"params": rng, "dropout": rng}, *task.init_inputs)
+        params = variables["params"]
+        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+    return boxed_init
+
+
 def init_state(task: Task, tx, mesh, rules, seed: int,
                load_initial: bool = True) -> tuple[TrainState, Any]:
     """Sharded initialisation: shapes -> logical specs -> mesh shardings -> jitted init.
@@ -261,11 +272,7 @@ def init_state(task: Task, tx, mesh, rules, seed: int,
     pre-trained encoder), placed on the same shardings.
     """
 
-    def boxed_init(rng):
-        variables = task.model.init({"params": rng, "dropout": rng}, *task.init_inputs)
-        params = variables["params"]
-        return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-
+    boxed_init = boxed_init_fn(task, tx)
     rng = jax.random.key(seed)
     abstract = jax.eval_shape(boxed_init, rng)
     shardings = sharding.logical_shardings(abstract, mesh, rules)

@@ -86,9 +86,20 @@ def _priors(labels: np.ndarray) -> dict:
             "inter_prior": jnp.asarray(knowledge.inter_prior(labels))}
 
 
+def _batch_spec(setup: Setup) -> dict[str, tuple[tuple[int, ...], Any]]:
+    """{key: (shape, dtype)} of a batch of `setup`."""
+    s = setup.image_size
+    spec = {"frames": ((setup.batch, setup.frames, s, s, 3), np.uint8)}
+    if setup.task != "infer" and setup.crop:
+        spec["crop"] = ((setup.batch, 4), np.float32)
+    if setup.task == "finetune":
+        spec["labels"] = spec["valid"] = ((setup.batch, setup.frames, NUM_CLASSES), np.uint8)
+    return spec
+
+
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
     s = setup.image_size
-    batch = {"frames": rng.integers(0, 256, (setup.batch, setup.frames, s, s, 3), dtype=np.uint8)}
+    batch = {"frames": rng.integers(0, 256, _batch_spec(setup)["frames"][0], dtype=np.uint8)}
     if setup.task != "infer" and setup.crop:  # crop boxes, cropped inside the training step:
         lo, hi = 0.1 * s, 0.9 * s  # here the centre 80% of the frame, mirrored in every other clip
         batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
@@ -112,12 +123,24 @@ class Prepared:
     batch_sharding: Any
 
 
-def prepare(setup: Setup, mesh, rules) -> Prepared:
-    """Model, the task's own loss, AdamW, initialised state and a device batch for `setup`."""
+def prepare(setup: Setup, mesh, rules, abstract: bool = False) -> Prepared:
+    """Model, the task's own loss, AdamW, initialised state and a device batch for `setup`.
+
+    `abstract`: the state and batch as shapes with their shardings (`jax.ShapeDtypeStruct`),
+    nothing placed on a device: for compiling only (`gpu_estimate`, a compile-only mesh).
+    Call it outside `jax.set_mesh` then (flax applies sharding constraints under a mesh).
+    """
     cfg = setup.model_config()
-    host = _host_batch(setup, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
     batch_sharding = sharding.batch_sharding(mesh, rules)
-    batch = sharding.host_batch_to_global(host, batch_sharding)
+    if abstract:
+        batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+                 for k, (shape, dtype) in _batch_spec(setup).items()}
+        labels = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
+    else:
+        host = _host_batch(setup, rng)
+        batch = sharding.host_batch_to_global(host, batch_sharding)
+        labels = host.get("labels")
     s, t = setup.image_size, setup.frames
     video = jnp.zeros((1, t, s, s, 3), jnp.float32)
     if setup.task == "pretrain":
@@ -131,7 +154,7 @@ def prepare(setup: Setup, mesh, rules) -> Prepared:
     else:  # eq. 9 at video level with the default lambdas
         model = AUDetector(cfg, NUM_CLASSES)
         init_inputs = (video,)
-        priors = _priors(host.get("labels", np.zeros((1, t, NUM_CLASSES), np.uint8)))
+        priors = _priors(labels if labels is not None else np.zeros((1, t, NUM_CLASSES), np.uint8))
         loss_fn = functools.partial(finetune.finetune_loss, model=model, priors=priors,
                                     level=finetune.Level("video", t, 1, 0.0), lambdas=(1.0, 0.01, 0.01),
                                     kind="fro")
@@ -139,7 +162,13 @@ def prepare(setup: Setup, mesh, rules) -> Prepared:
     tx = trainer.make_optimizer(opt, trainer.learning_rate_schedule(opt, setup.batch, 1000, 100))
     task = trainer.Task(model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=None,
                         steps_per_epoch=100)
-    state, shardings = trainer.init_state(task, tx, mesh, rules, seed=0)
+    if abstract:
+        boxed = jax.eval_shape(trainer.boxed_init_fn(task, tx), jax.random.key(0))
+        shardings = sharding.logical_shardings(boxed, mesh, rules)
+        state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                             nn.meta.unbox(boxed), shardings)
+    else:
+        state, shardings = trainer.init_state(task, tx, mesh, rules, seed=0)
     return Prepared(model, loss_fn, tx, state, shardings, batch, batch_sharding)
 
 
