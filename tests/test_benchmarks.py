@@ -268,3 +268,86 @@ def test_compile_only_reports_memory_and_long_clips_pick_chunked_attention():
     scores = 2 * 128 * 2**20
     assert xla["compiled_bytes"] > scores and auto["compiled_bytes"] < xla["compiled_bytes"] - 0.8 * scores, (
         xla["compiled_bytes"], auto["compiled_bytes"])
+
+
+# A compiled GPU module in miniature: a Triton GEMM fusion, a fusion reading a slice of its
+# output, cuDNN's fused attention (forward and backward) and a small reduction.
+GPU_HLO = """HloModule jit_train_step, entry_computation_layout={}
+
+%gemm_body (p.0: bf16[64,128], p.1: bf16[128,256]) -> bf16[64,256] {
+  %p.0 = bf16[64,128]{1,0} parameter(0)
+  %p.1 = bf16[128,256]{1,0} parameter(1)
+  ROOT %dot.1 = bf16[64,256]{1,0} dot(%p.0, %p.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+%slice_body (p.2: bf16[64,256]) -> bf16[64,128] {
+  %p.2 = bf16[64,256]{1,0} parameter(0)
+  %bitcast.9 = bf16[64,2,128]{2,1,0} bitcast(%p.2)
+  ROOT %slice.1 = bf16[64,1,128]{2,1,0} slice(%bitcast.9), slice={[0:64], [1:2], [0:128]}
+}
+
+%sum_body (p.3: f32[1000]) -> f32[] {
+  %p.3 = f32[1000]{0} parameter(0)
+  %zero = f32[] constant(0)
+  ROOT %reduce.1 = f32[] reduce(%p.3, %zero), dimensions={0}, to_apply=%add
+}
+
+ENTRY %main.1 (a: bf16[64,128], b: bf16[128,256], q: bf16[2,16,4,8], w: f32[1000]) -> f32[] {
+  %a = bf16[64,128]{1,0} parameter(0)
+  %b = bf16[128,256]{1,0} parameter(1)
+  %q = bf16[2,16,4,8]{3,2,1,0} parameter(2)
+  %w = f32[1000]{0} parameter(3)
+  %gemm_fusion_dot.1 = bf16[64,256]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_body, metadata={op_name="jit(train_step)/jvp(VideoMAE)/decoder/block0/fc1/dot_general"}, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
+  %loop_slice_fusion = bf16[64,1,128]{2,1,0} fusion(%gemm_fusion_dot.1), kind=kLoop, calls=%slice_body, metadata={op_name="jit(train_step)/jvp(VideoMAE)/decoder/block0/erf"}
+  %fwd = (bf16[2,4,16,8]{3,1,2,0}, f32[2,4,16]{2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/jvp(VideoMAE)/encoder/block0/attn/dot_product_attention_fwd"}
+  %bwd = (bf16[2,16,4,8]{3,2,1,0}, bf16[2,16,4,8]{3,2,1,0}, bf16[2,16,4,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={op_name="jit(train_step)/transpose(jvp(VideoMAE))/encoder/block0/attn/dot_product_attention_bwd"}
+  ROOT %input_reduce_fusion = f32[] fusion(%w), kind=kInput, calls=%sum_body, metadata={op_name="jit(train_step)/reduce_sum"}
+}
+"""  # noqa: E501  (HLO instructions are one line each)
+
+
+def test_gpu_estimate_prices_each_kernel_of_a_compiled_module_by_its_roofline():
+    from benchmarks import gpu_estimate as ge
+
+    assert ge.shape_bytes("(bf16[2,4,16,8]{3,1,2,0}, f32[2,4,16]{2,1,0}, u8[0]{0})") == 2048 + 512
+    roof = ge.Roofline(peak_flops=1e12, bandwidth=1e9, gemm_eff=0.5, attention_eff=0.25, memory_eff=1.0,
+                       kernel_s=5e-6)
+    rows = {r["name"]: r for r in ge.kernels(GPU_HLO, roof)}
+    assert set(rows) == {"gemm_fusion_dot.1", "loop_slice_fusion", "fwd", "bwd", "input_reduce_fusion"}
+    gemm = rows["gemm_fusion_dot.1"]
+    assert (gemm["kind"], gemm["flops"]) == ("gemm", 2 * 64 * 256 * 128)
+    assert gemm["bytes"] == 2 * (64 * 256 + 64 * 128 + 128 * 256)  # written + read: 114,688
+    assert gemm["seconds"] == pytest.approx(114688 / 1e9)  # memory-bound at this bandwidth
+    assert (gemm["part"], gemm["pass_"]) == ("decoder MLP & residuals", "forward")
+    # It reads half of the GEMM's output (one slice), not all of it.
+    assert rows["loop_slice_fusion"]["bytes"] == 2 * (64 * 128 + 64 * 128)
+    fwd, bwd = rows["fwd"], rows["bwd"]
+    assert (fwd["kind"], fwd["flops"]) == ("attention", 4 * 2 * 4 * 16 * 16 * 8)  # 4 B H L^2 D
+    assert bwd["flops"] == 10 * 2 * 4 * 16 * 16 * 8  # and the scores recomputed
+    assert fwd["bytes"] == 3 * 2048 + 2048 + 512  # q, k, v read; output and softmax statistics written
+    assert fwd["seconds"] == pytest.approx(8704 / 1e9)  # over 16384 / 0.25e12 s of FLOPs
+    assert rows["input_reduce_fusion"]["bytes"] == 4004
+    assert rows["input_reduce_fusion"]["seconds"] == 5e-6  # the floor: a tiny kernel
+    assert (bwd["part"], bwd["pass_"]) == ("encoder attention", "backward")
+    summary = ge.summarise(list(rows.values()))
+    assert summary["kernels"] == 5
+    assert summary["by_kind"]["attention"]["kernels"] == 2
+    assert summary["ms"] == pytest.approx(1e3 * sum(r["seconds"] for r in rows.values()), abs=1e-3)
+    assert summary["by_part"]["optimizer update & metrics (-)"]["ms"] == pytest.approx(0.005)
+
+
+def test_gpu_estimate_without_jax_cuda_plugin_says_what_to_install(tmp_path):
+    import importlib.metadata
+
+    for plugin in ("jax-cuda13-plugin", "jax-cuda12-plugin"):
+        try:
+            importlib.metadata.version(plugin)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        pytest.skip(f"{plugin} is installed here: gpu_estimate compiles instead")
+    env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_estimate", "--preset=mini", "--batch=2",
+                           "--image_size=32"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1].startswith("gpu_estimate: cannot compile for a CUDA GPU here")
+    assert 'pip install "jax[cuda13]"' in proc.stderr
