@@ -23,7 +23,9 @@ attention and everything else (elementwise fusions, reductions, copies); and, ea
 traced back to the JAX op it was lowered from (the compiled step's HLO metadata), per
 part of the model and pass: the encoder's and decoder's attention, q/k/v and output
 projections, MLPs, LayerNorms and embeddings, forward and backward; the inputs and loss;
-the optimizer update. Results also go to `--out` as one JSON line.
+the optimizer update. The compiled step's HLO text goes beside the trace (`step.hlo.txt`), so
+that `gpu_estimate --hlo` can set its estimate against the trace. Results also go to `--out` as
+one JSON line.
 """
 
 from __future__ import annotations
@@ -338,6 +340,8 @@ def main(argv=None) -> int:
     result = {**dataclasses.asdict(setup), "device_kind": kind, "parts": rows}
     if args.trace_dir:
         hlo = trace(prepared, mesh, args.trace_dir, args.trace_steps)
+        with open(os.path.join(args.trace_dir, "step.hlo.txt"), "w") as f:  # for `gpu_estimate --hlo`
+            f.write(hlo)
         summary = summarise_trace(args.trace_dir, args.trace_steps, hlo)
         print(f"trace: {summary['file']}: {summary['ms_per_step']:.2f} ms of op time per step; by kind: "
               + ", ".join(f"{k} {v:.2f} ms" for k, v in summary["kinds"].items()))

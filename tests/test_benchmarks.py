@@ -161,6 +161,12 @@ def test_step_profile_times_every_part_and_reads_its_trace(tmp_path):
     assert parts["optimizer update & metrics"]["-"] > 0 and "by part of the step" in text
     assert r["trace"]["kinds"]["matmul"] > 0 and r["trace"]["kinds"]["attention"] > 0
     assert json.loads(out.read_text())["parts"] == r["parts"]
+    # The compiled step beside the trace, for gpu_estimate --hlo: every op a kernel with a part.
+    from benchmarks import gpu_estimate
+
+    hlo = (tmp_path / "trace" / "step.hlo.txt").read_text()
+    rows = gpu_estimate.kernels(hlo, gpu_estimate.Roofline(1e12, 1e11))
+    assert len(rows) > 20 and {r["part"] for r in rows} >= {"decoder attention", "inputs & loss"}
 
 
 def test_trace_self_times_subtract_enclosed_events():
