@@ -10,7 +10,7 @@ but without autotuning. Each kernel of the compiled step then gets a roofline ti
 `max(FLOPs / (peak x eff), bytes / (bandwidth x eff), floor)`:
 
 - matmuls (Triton GEMM fusions, cuBLAS calls): their dot FLOPs at `--gemm_eff` of the dense bf16
-  peak (half that for float32 outputs), or their bytes;
+  peak (half that with float32 operands: TF32), or their bytes;
 - cuDNN's fused attention: 4 B H L^2 D FLOPs forward, 10 B H L^2 D backward (it recomputes the
   scores) at `--attention_eff`;
 - everything else (elementwise and reduction fusions, copies): bytes read and written at
@@ -114,18 +114,24 @@ def parse_hlo(text: str) -> tuple[dict[str, list[Instruction]], str]:
     return computations, entry
 
 
-def dot_flops(computations: dict, name: str | None, shapes: dict[str, str]) -> float:
-    """FLOPs of the dots in computation `name` and the computations it calls."""
-    total = 0.0
-    for inst in computations.get(name or "", []):
+def dot_flops(computations: dict, name: str | None, shapes: dict[str, str]) -> tuple[float, float]:
+    """(FLOPs, of which with float32 operands) of the dots in computation `name` and those it calls."""
+    total = f32 = 0.0
+    body = computations.get(name or "", [])
+    local = {i.name: i.shape for i in body}
+    for inst in body:
         if inst.op == "dot":
-            lhs = shape_dims(shapes[inst.operands[0]])
+            lhs_shape = local.get(inst.operands[0]) or shapes[inst.operands[0]]
+            lhs = shape_dims(lhs_shape)
             contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", inst.line).group(1)
             k = math.prod(lhs[int(i)] for i in contracting.split(",") if i)
-            total += 2.0 * math.prod(shape_dims(inst.shape)) * k
+            flops = 2.0 * math.prod(shape_dims(inst.shape)) * k
+            total += flops
+            f32 += flops if lhs_shape.startswith("f32") else 0.0
         if inst.calls:
-            total += dot_flops(computations, inst.calls, shapes)
-    return total
+            sub, sub_f32 = dot_flops(computations, inst.calls, shapes)
+            total, f32 = total + sub, f32 + sub_f32
+    return total, f32
 
 
 def read_bytes(computations: dict, name: str | None, operand_shapes: list[str]) -> int:
@@ -189,10 +195,9 @@ def kernels(text: str, roof: Roofline) -> list[dict]:
             flops = (10.0 if "Backward" in inst.line else 4.0) * b * heads * length * length * d
             kind, seconds = "attention", max(flops / (roof.peak_flops * roof.attention_eff), memory_s)
         elif _GEMM.search(inst.line):
-            flops = dot_flops(computations, inst.calls, shapes) if inst.op == "fusion" else 0.0
-            f32 = "f32[" in inst.shape and "bf16[" not in inst.shape
-            kind = "gemm"
-            seconds = max(flops / (roof.peak_flops * roof.gemm_eff * (0.5 if f32 else 1.0)), memory_s)
+            flops, f32 = dot_flops(computations, inst.calls, shapes) if inst.op == "fusion" else (0.0, 0.0)
+            kind = "gemm"  # float32 operands: TF32 at half the bf16 rate
+            seconds = max((flops + f32) / (roof.peak_flops * roof.gemm_eff), memory_s)
         else:
             seconds = memory_s
         op_name = op_names.get(inst.name)

@@ -286,6 +286,12 @@ GPU_HLO = """HloModule jit_train_step, entry_computation_layout={}
   ROOT %dot.1 = bf16[64,256]{1,0} dot(%p.0, %p.1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
 }
 
+%tf32_body (p.4: f32[64,128], p.5: f32[128,256]) -> f32[64,256] {
+  %p.4 = f32[64,128]{1,0} parameter(0)
+  %p.5 = f32[128,256]{1,0} parameter(1)
+  ROOT %dot.2 = f32[64,256]{1,0} dot(%p.4, %p.5), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
 %slice_body (p.2: bf16[64,256]) -> bf16[64,128] {
   %p.2 = bf16[64,256]{1,0} parameter(0)
   %bitcast.9 = bf16[64,2,128]{2,1,0} bitcast(%p.2)
@@ -304,6 +310,9 @@ ENTRY %main.1 (a: bf16[64,128], b: bf16[128,256], q: bf16[2,16,4,8], w: f32[1000
   %q = bf16[2,16,4,8]{3,2,1,0} parameter(2)
   %w = f32[1000]{0} parameter(3)
   %gemm_fusion_dot.1 = bf16[64,256]{1,0} fusion(%a, %b), kind=kCustom, calls=%gemm_body, metadata={op_name="jit(train_step)/jvp(VideoMAE)/decoder/block0/fc1/dot_general"}, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
+  %fa = f32[64,128]{1,0} parameter(4)
+  %fb = f32[128,256]{1,0} parameter(5)
+  %gemm_fusion_dot.2 = f32[64,256]{1,0} fusion(%fa, %fb), kind=kCustom, calls=%tf32_body, metadata={op_name="jit(train_step)/jvp(bvoh,bthwc->bvtowc)/dot_general"}, backend_config={"fusion_backend_config":{"kind":"__triton_nested_gemm_fusion"}}
   %loop_slice_fusion = bf16[64,1,128]{2,1,0} fusion(%gemm_fusion_dot.1), kind=kLoop, calls=%slice_body, metadata={op_name="jit(train_step)/jvp(VideoMAE)/decoder/block0/erf"}
   %fwd = (bf16[2,4,16,8]{3,1,2,0}, f32[2,4,16]{2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmax", metadata={op_name="jit(train_step)/jvp(VideoMAE)/encoder/block0/attn/dot_product_attention_fwd"}
   %bwd = (bf16[2,16,4,8]{3,2,1,0}, bf16[2,16,4,8]{3,2,1,0}, bf16[2,16,4,8]{3,2,1,0}, u8[0]{0}) custom-call(%q, %q, %q), custom_call_target="__cudnn$fmhaSoftmaxBackward", metadata={op_name="jit(train_step)/transpose(jvp(VideoMAE))/encoder/block0/attn/dot_product_attention_bwd"}
@@ -319,12 +328,17 @@ def test_gpu_estimate_prices_each_kernel_of_a_compiled_module_by_its_roofline():
     roof = ge.Roofline(peak_flops=1e12, bandwidth=1e9, gemm_eff=0.5, attention_eff=0.25, memory_eff=1.0,
                        kernel_s=5e-6)
     rows = {r["name"]: r for r in ge.kernels(GPU_HLO, roof)}
-    assert set(rows) == {"gemm_fusion_dot.1", "loop_slice_fusion", "fwd", "bwd", "input_reduce_fusion"}
+    assert set(rows) == {"gemm_fusion_dot.1", "gemm_fusion_dot.2", "loop_slice_fusion", "fwd", "bwd",
+                         "input_reduce_fusion"}
     gemm = rows["gemm_fusion_dot.1"]
     assert (gemm["kind"], gemm["flops"]) == ("gemm", 2 * 64 * 256 * 128)
     assert gemm["bytes"] == 2 * (64 * 256 + 64 * 128 + 128 * 256)  # written + read: 114,688
     assert gemm["seconds"] == pytest.approx(114688 / 1e9)  # memory-bound at this bandwidth
     assert (gemm["part"], gemm["pass_"]) == ("decoder MLP & residuals", "forward")
+    fast = ge.Roofline(peak_flops=1e12, bandwidth=1e15, gemm_eff=0.5)  # compute-bound matmuls
+    timed = {r["name"]: r["seconds"] for r in ge.kernels(GPU_HLO, fast)}
+    assert timed["gemm_fusion_dot.1"] == pytest.approx(2 * 64 * 256 * 128 / 0.5e12)
+    assert timed["gemm_fusion_dot.2"] == pytest.approx(2 * timed["gemm_fusion_dot.1"])  # TF32: half the rate
     # It reads half of the GEMM's output (one slice), not all of it.
     assert rows["loop_slice_fusion"]["bytes"] == 2 * (64 * 128 + 64 * 128)
     fwd, bwd = rows["fwd"], rows["bwd"]
@@ -336,7 +350,7 @@ def test_gpu_estimate_prices_each_kernel_of_a_compiled_module_by_its_roofline():
     assert rows["input_reduce_fusion"]["seconds"] == 5e-6  # the floor: a tiny kernel
     assert (bwd["part"], bwd["pass_"]) == ("encoder attention", "backward")
     summary = ge.summarise(list(rows.values()))
-    assert summary["kernels"] == 5
+    assert summary["kernels"] == 6
     assert summary["by_kind"]["attention"]["kernels"] == 2
     assert summary["ms"] == pytest.approx(1e3 * sum(r["seconds"] for r in rows.values()), abs=1e-3)
     assert summary["by_part"]["optimizer update & metrics (-)"]["ms"] == pytest.approx(0.005)
