@@ -18,11 +18,11 @@ but without autotuning. Each kernel of the compiled step then gets a roofline ti
 - at least `--kernel_us` per kernel (launch and ramp).
 
 Summed per kind and per part of the model and pass (`profile_step.model_part`). The estimate
-assumes kernels run one after another. Checked against the H100 step times measured in
-RESULTS.md (ViT-B pre-training, batch 32/64/128): it comes out 6-16% under them, the gap about
-4 ms per step whatever the batch (what the host and the gaps between kernels add). It says where
-the memory-bound time is, which changes cut kernels or bytes, and where the MFU aim stands; it
-is not a measurement: `bench_steps` and `profile_step` on the GPU are.
+assumes kernels run one after another. Against the eleven H100 step times measured in RESULTS.md
+(ViT-S and ViT-B, pre-training and fine-tuning, 16 to 128 frames) it comes out at 0.82-1.10 of
+them (short steps lose a few ms more to the host and the gaps between kernels). It says where the
+memory-bound time is, which changes cut kernels or bytes, and where the MFU aim stands; it is not
+a measurement: `bench_steps` and `profile_step` on the GPU are.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ class Roofline:
 
     peak_flops: float  # dense bf16 FLOP/s
     bandwidth: float  # HBM bytes/s
-    gemm_eff: float = 0.7
+    gemm_eff: float = 0.6
     attention_eff: float = 0.4
     memory_eff: float = 0.8
     kernel_s: float = 2.5e-6
