@@ -20,9 +20,9 @@ but without autotuning. Each kernel of the compiled step then gets a roofline ti
 Summed per kind and per part of the model and pass (`profile_step.model_part`). The estimate
 assumes kernels run one after another, and prices the entry computation's kernels only: a `while`
 loop (chunked attention, gradient accumulation) would count once, not per iteration (the steps
-with cuDNN attention and one micro-batch, those measured, have none). Against the eleven H100 step times measured in RESULTS.md
-(ViT-S and ViT-B, pre-training and fine-tuning, 16 to 128 frames) it comes out at 0.82-1.10 of
-them (short steps lose a few ms more to the host and the gaps between kernels). It says where the
+with cuDNN attention and one micro-batch, those measured, have none). Against the eleven H100
+step times measured in RESULTS.md (ViT-S and ViT-B, pre-training and fine-tuning, 16 to 128
+frames) it comes out at 0.82-1.10 of them (short steps lose a few ms more to the host and the gaps between kernels). It says where the
 memory-bound time is, which changes cut kernels or bytes, and where the MFU aim stands; it is not
 a measurement: `bench_steps` and `profile_step` on the GPU are.
 """
