@@ -22,9 +22,10 @@ assumes kernels run one after another, and prices the entry computation's kernel
 loop (chunked attention, gradient accumulation) would count once, not per iteration (the steps
 with cuDNN attention and one micro-batch, those measured, have none). Against the eleven H100
 step times measured in RESULTS.md (ViT-S and ViT-B, pre-training and fine-tuning, 16 to 128
-frames) it comes out at 0.82-1.10 of them (short steps lose a few ms more to the host and the gaps between kernels). It says where the
-memory-bound time is, which changes cut kernels or bytes, and where the MFU aim stands; it is not
-a measurement: `bench_steps` and `profile_step` on the GPU are.
+frames) it comes out at 0.82-1.10 of them (short steps lose a few ms more to the host and the
+gaps between kernels). It says where the memory-bound time is, which changes cut kernels or bytes,
+and where the MFU aim stands; it is not a measurement: `bench_steps` and `profile_step` on the GPU
+are.
 """
 
 from __future__ import annotations
