@@ -257,15 +257,7 @@ def compile_for_gpu(setup: bench.Setup, gpu: str) -> str:
 
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="pretrain", choices=("pretrain", "finetune"))
-    p.add_argument("--preset", default="B")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--mask_ratio", type=float, default=0.9)
-    p.add_argument("--decoder_mask_ratio", type=float, default=0.0)
-    p.add_argument("--remat", action="store_true")
-    p.add_argument("--attention_impl", default="cudnn", help="what 'auto' picks on the GPU in bf16: cudnn")
+    bench.add_setup_args(p, attention_impl="cudnn")  # what 'auto' picks on the GPU in bf16
     p.add_argument("--gpu", default="H100", choices=sorted(GPUS))
     p.add_argument("--hlo", default="", help="estimate this compiled HLO text instead of compiling")
     p.add_argument("--save_hlo", default="", help="write the compiled HLO text here")
@@ -280,11 +272,7 @@ def parse(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    pre = args.task == "pretrain"
-    setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
-                        image_size=args.image_size, mask_ratio=args.mask_ratio if pre else 0.0,
-                        decoder_mask_ratio=args.decoder_mask_ratio if pre else 0.0, remat=args.remat,
-                        attention_impl=args.attention_impl)
+    setup = bench.setup_from_args(args)
     if args.hlo:
         with open(args.hlo) as f:
             text = f.read()

@@ -51,17 +51,7 @@ from benchmarks.results import emit
 
 def parse(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--task", default="pretrain", choices=("pretrain", "finetune"))
-    p.add_argument("--preset", default="B")
-    p.add_argument("--frames", type=int, default=16)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=224)
-    p.add_argument("--patch_size", type=int, default=16)
-    p.add_argument("--mask_ratio", type=float, default=0.9)
-    p.add_argument("--decoder_mask_ratio", type=float, default=0.0, help="0: off; 0.5: VideoMAE V2's")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--remat", action="store_true")
-    p.add_argument("--attention_impl", default=None, help="auto (default), xla, cudnn, chunked, splash (TPU)")
+    bench.add_setup_args(p)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--trace_dir", default="", help="write a jax.profiler trace of full steps here")
@@ -320,12 +310,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args.quick:
         args.image_size, args.batch, args.steps, args.warmup = 64, max(2, jax.device_count()), 2, 1
-    pre = args.task == "pretrain"
-    setup = bench.Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
-                        image_size=args.image_size, patch_size=args.patch_size,
-                        mask_ratio=args.mask_ratio if pre else 0.0,
-                        decoder_mask_ratio=args.decoder_mask_ratio if pre else 0.0,
-                        dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
+    setup = bench.setup_from_args(args)
     peak, kind = bench.device_peak()
     print(f"device: {kind} x{jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}; {setup}",
           flush=True)

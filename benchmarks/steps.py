@@ -72,6 +72,32 @@ class Setup:
                                           remat=self.remat, attention_impl=self.attention_impl))
 
 
+def add_setup_args(p, attention_impl: str | None = None) -> None:
+    """The command-line flags of one training step's `Setup` (profile_step, gpu_estimate)."""
+    p.add_argument("--task", default="pretrain", choices=("pretrain", "finetune"))
+    p.add_argument("--preset", default="B")
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--patch_size", type=int, default=16)
+    p.add_argument("--mask_ratio", type=float, default=0.9)
+    p.add_argument("--decoder_mask_ratio", type=float, default=0.0, help="0: off; 0.5: VideoMAE V2's")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--remat", action="store_true")
+    p.add_argument("--attention_impl", default=attention_impl,
+                   help="auto (None), xla, cudnn, chunked, splash (TPU)")
+
+
+def setup_from_args(args) -> Setup:
+    """The `Setup` of `add_setup_args`' flags (masks for pre-training only)."""
+    pre = args.task == "pretrain"
+    return Setup(task=args.task, preset=args.preset, frames=args.frames, batch=args.batch,
+                 image_size=args.image_size, patch_size=args.patch_size,
+                 mask_ratio=args.mask_ratio if pre else 0.0,
+                 decoder_mask_ratio=args.decoder_mask_ratio if pre else 0.0,
+                 dtype=args.dtype, remat=args.remat, attention_impl=args.attention_impl)
+
+
 def optimizer_config() -> types.SimpleNamespace:
     """The pre-training optimizer fields `trainer.make_optimizer` reads (configs/common.py)."""
     return types.SimpleNamespace(base_lr=1.5e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.05,
