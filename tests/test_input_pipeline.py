@@ -74,6 +74,21 @@ def test_crop_box_stays_inside_and_respects_scale():
         assert 0.2 * 64 * 48 <= (x1 - x0) * (y1 - y0) <= 0.55 * 64 * 48
 
 
+def test_decoded_frames_are_stacked_as_stored():
+    y, x = np.mgrid[:24, :40]
+    pixels = [np.stack([4 * x + k, 8 * y, 200 - 4 * x - k * 20], -1).astype(np.uint8) for k in range(3)]
+    jpegs = []
+    for p in pixels:
+        buf = io.BytesIO()
+        Image.fromarray(p).save(buf, format="JPEG", quality=95)
+        jpegs.append(buf.getvalue())
+    images = [input_pipeline.decode_jpeg(j) for j in jpegs]  # lazy: decoded when read
+    clip = input_pipeline.stack_images(images)
+    assert clip.shape == (3, 24, 40, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip, np.stack([np.asarray(Image.open(io.BytesIO(j))) for j in jpegs]))
+    assert np.abs(clip.astype(int) - np.stack(pixels)).mean() < 3  # JPEG's loss, not another image
+
+
 def test_too_short_clip_is_a_clear_error():
     with pytest.raises(UserError, match="clip of 16 frames is shorter than 8 frames at stride 4"):
         ClipSampler(num_frames=8, temporal_stride=4, image_size=16, train=False)(_record())
