@@ -304,7 +304,7 @@ def _cost(stage) -> dict:
     return cost or {}
 
 
-def _memory(compiled) -> float | None:
+def compiled_bytes(compiled) -> float | None:
     """Bytes the compiled step needs on a device: arguments + outputs + temporaries - aliased."""
     try:
         m = compiled.memory_analysis()
@@ -348,7 +348,7 @@ def measure(setup: Setup, steps: int = 10, warmup: int = 2, mesh=None) -> dict:
                   xla_flops_per_step=xla_flops,
                   peak_tflops_per_device=None if peak is None else peak / 1e12,
                   mfu=None if peak is None or not timed else round(flops / seconds / (peak * n_dev), 4),
-                  compiled_bytes=_memory(compiled), peak_bytes_in_use=peak_bytes_in_use())
+                  compiled_bytes=compiled_bytes(compiled), peak_bytes_in_use=peak_bytes_in_use())
     return result
 
 
