@@ -253,7 +253,7 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def boxed_init_fn(task: Task, tx) -> Callable[[jax.Array], TrainState]:
+def _boxed_init_fn(task: Task, tx) -> Callable[[jax.Array], TrainState]:
     """rng -> initial train state, parameters still boxed with their logical axis names."""
 
     def boxed_init(rng):
@@ -264,6 +264,13 @@ def boxed_init_fn(task: Task, tx) -> Callable[[jax.Array], TrainState]:
     return boxed_init
 
 
+def state_shardings(task: Task, tx, mesh, rules) -> tuple[TrainState, Any]:
+    """(the train state's shapes, boxed with their logical axis names; its mesh shardings),
+    from shapes only: nothing is initialised or placed on a device."""
+    abstract = jax.eval_shape(_boxed_init_fn(task, tx), jax.random.key(0))
+    return abstract, sharding.logical_shardings(abstract, mesh, rules)
+
+
 def init_state(task: Task, tx, mesh, rules, seed: int,
                load_initial: bool = True) -> tuple[TrainState, Any]:
     """Sharded initialisation: shapes -> logical specs -> mesh shardings -> jitted init.
@@ -272,11 +279,9 @@ def init_state(task: Task, tx, mesh, rules, seed: int,
     pre-trained encoder), placed on the same shardings.
     """
 
-    boxed_init = boxed_init_fn(task, tx)
-    rng = jax.random.key(seed)
-    abstract = jax.eval_shape(boxed_init, rng)
-    shardings = sharding.logical_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings)(rng)
+    boxed_init = _boxed_init_fn(task, tx)
+    _, shardings = state_shardings(task, tx, mesh, rules)
+    state = jax.jit(lambda r: nn.meta.unbox(boxed_init(r)), out_shardings=shardings)(jax.random.key(seed))
     if load_initial and task.init_params is not None:
         params = jax.device_put(task.init_params(state.params), shardings.params)
         opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)

@@ -250,10 +250,8 @@ def compile_for_gpu(setup: bench.Setup, gpu: str) -> tuple[str, float | None]:
     mesh = sharding.make_mesh({"data": -1}, topology.devices)
     rules = sharding.DEFAULT_RULES
     p = bench.prepare(setup, mesh, rules, abstract=True)  # outside the mesh: shapes only
-    step = bench.train_step_fn(p)  # its key, made here on the host's backend
+    fn = bench.jit_train_step(p, mesh)  # also outside: its key is made on the host's backend
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-        fn = jax.jit(step, in_shardings=(p.shardings, p.batch_sharding),
-                     out_shardings=(p.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
         compiled = fn.trace(p.state, p.batch).lower(lowering_platforms=("cuda",)).compile()
     return compiled.as_text(), bench.compiled_bytes(compiled)
 

@@ -123,15 +123,20 @@ def _batch_spec(setup: Setup) -> dict[str, tuple[tuple[int, ...], Any]]:
     return spec
 
 
+def _random_labels(setup: Setup, rng: np.random.Generator) -> np.ndarray:
+    """uint8 `[B, T, N]` AU labels, each on with probability 0.3."""
+    return (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
+
+
 def _host_batch(setup: Setup, rng: np.random.Generator) -> dict:
-    s = setup.image_size
-    batch = {"frames": rng.integers(0, 256, _batch_spec(setup)["frames"][0], dtype=np.uint8)}
-    if setup.task != "infer" and setup.crop:  # crop boxes, cropped inside the training step:
+    s, spec = setup.image_size, _batch_spec(setup)
+    batch = {"frames": rng.integers(0, 256, spec["frames"][0], dtype=np.uint8)}
+    if "crop" in spec:  # crop boxes, cropped inside the training step:
         lo, hi = 0.1 * s, 0.9 * s  # here the centre 80% of the frame, mirrored in every other clip
         batch["crop"] = np.asarray([(hi, lo, lo, hi) if i % 2 else (lo, lo, hi, hi)
                                     for i in range(setup.batch)], np.float32)
-    if setup.task == "finetune":
-        batch["labels"] = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
+    if "labels" in spec:
+        batch["labels"] = _random_labels(setup, rng)
         batch["valid"] = np.ones_like(batch["labels"])
     return batch
 
@@ -162,7 +167,7 @@ def prepare(setup: Setup, mesh, rules, abstract: bool = False) -> Prepared:
     if abstract:
         batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
                  for k, (shape, dtype) in _batch_spec(setup).items()}
-        labels = (rng.random((setup.batch, setup.frames, NUM_CLASSES)) < 0.3).astype(np.uint8)
+        labels = _random_labels(setup, rng) if setup.task == "finetune" else None
     else:
         host = _host_batch(setup, rng)
         batch = sharding.host_batch_to_global(host, batch_sharding)
@@ -189,8 +194,7 @@ def prepare(setup: Setup, mesh, rules, abstract: bool = False) -> Prepared:
     task = trainer.Task(model=model, init_inputs=init_inputs, loss_fn=loss_fn, train_data=None,
                         steps_per_epoch=100)
     if abstract:
-        boxed = jax.eval_shape(trainer.boxed_init_fn(task, tx), jax.random.key(0))
-        shardings = sharding.logical_shardings(boxed, mesh, rules)
+        boxed, shardings = trainer.state_shardings(task, tx, mesh, rules)
         state = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                              nn.meta.unbox(boxed), shardings)
     else:
@@ -209,9 +213,13 @@ def build(setup: Setup, mesh, rules) -> tuple[Any, tuple, dict]:
 
         fn = inference_jit(infer, in_shardings=(p.shardings.params, p.batch_sharding))
         return fn, (p.state.params, p.batch), {"donated": False}
-    fn = jax.jit(train_step_fn(p), in_shardings=(p.shardings, p.batch_sharding),
-                 out_shardings=(p.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-    return fn, (p.state, p.batch), {"donated": True}
+    return jit_train_step(p, mesh), (p.state, p.batch), {"donated": True}
+
+
+def jit_train_step(p: Prepared, mesh):
+    """The jitted train step of `p`: state and batch sharded as prepared, the state donated."""
+    return jax.jit(train_step_fn(p), in_shardings=(p.shardings, p.batch_sharding),
+                   out_shardings=(p.shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
 
 def train_step_fn(p: Prepared):
