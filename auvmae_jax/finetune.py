@@ -84,8 +84,10 @@ def finetune_loss(params, batch: dict, rng: jax.Array, *, model: AUDetector, lev
     valid = batch["valid"].astype(jnp.float32)
     l_cls = losses.weighted_bce(logits, batch["labels"], valid, priors["class_weights"])
     probs = jax.nn.sigmoid(logits)
-    l_intra = knowledge.intra_loss(priors["intra_prior"], knowledge.learned_intra(probs), kind)
-    l_inter = knowledge.inter_loss(priors["inter_prior"], knowledge.learned_inter(probs), kind)
+    # C and S over the valid labels only, as their priors (SPEC §2: every loss ignores invalid
+    # entries; a clip's padding frames, valid = 0, repeat its last frame and would count again).
+    l_intra = knowledge.intra_loss(priors["intra_prior"], knowledge.learned_intra(probs, valid), kind)
+    l_inter = knowledge.inter_loss(priors["inter_prior"], knowledge.learned_inter(probs, valid), kind)
     w_cls, w_intra, w_inter = lambdas
     total = w_cls * l_cls + w_intra * l_intra + w_inter * l_inter
     return total, {"loss_cls": l_cls, "loss_intra": l_intra, "loss_inter": l_inter}

@@ -68,9 +68,14 @@ class Task:
 
 
 def decay_mask(params: PyTree) -> PyTree:
-    """Weight decay on Dense kernels only: not on biases, norms, q/v biases, mask token."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: getattr(path[-1], "key", None) == "kernel", params)
+    """Weight decay on every weight matrix (Dense `kernel`s and the attention's `qkv_kernel`
+    and `proj_kernel`), as VideoMAE's: not on biases (q/v biases included), norms or the
+    mask token."""
+    def decayed(path, _) -> bool:
+        name = str(getattr(path[-1], "key", ""))
+        return name == "kernel" or name.endswith("_kernel")
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def learning_rate_schedule(opt: Any, batch_size: int, num_steps: int, steps_per_epoch: int):

@@ -73,12 +73,27 @@ def test_schedule_warmup_peak_and_cosine():
     assert np.isclose(sched(100), 0.0, atol=1e-12)
 
 
-def test_weight_decay_only_on_kernels():
-    params = {"fc": {"kernel": 1, "bias": 2}, "norm": {"scale": 3}, "attn": {"q_bias": 4},
-              "mask_token": 5, "qkv_kernel": 6}
-    mask = trainer.decay_mask(params)
-    assert mask == {"fc": {"kernel": True, "bias": False}, "norm": {"scale": False},
-                    "attn": {"q_bias": False}, "mask_token": False, "qkv_kernel": False}
+def test_weight_decay_on_every_weight_matrix_of_videomae():
+    # VideoMAE decays every weight matrix (the attention's included) and nothing else.
+    from auvmae_jax.models import VideoMAE, ViTConfig
+
+    cfg = ViTConfig.from_config(dict(preset="tiny", patch_size=8))  # D 192 x 4, decoder 96 x 2
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(VideoMAE(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 4, 16, 16, 3)), jnp.zeros((1, 2), jnp.int32),
+        jnp.zeros((1, 2), jnp.int32)))["params"])
+    mask = trainer.decay_mask(shapes)
+    flat = {jax.tree_util.keystr(k): (v, m) for (k, v), (_, m) in zip(
+        jax.tree_util.tree_leaves_with_path(shapes), jax.tree_util.tree_leaves_with_path(mask))}
+    assert all(m for k, (_, m) in flat.items() if "qkv_kernel" in k or "proj_kernel" in k)
+    assert not any(m for k, (_, m) in flat.items() if "bias" in k or "scale" in k or "mask_token" in k)
+    decayed = sum(int(np.prod(v.shape)) for v, m in flat.values() if m)
+    patch = 2 * 8 * 8 * 3
+
+    def blocks(d, depth):  # q/k/v, projection, MLP in and out
+        return depth * (3 * d * d + d * d + 2 * d * 4 * d)
+
+    assert decayed == (patch * 192 + blocks(192, 4)  # tubelet embedding, encoder
+                       + 192 * 96 + blocks(96, 2) + 96 * patch)  # encoder_to_decoder, decoder, head
 
 
 def test_loop_fits_a_linear_model(tmp_path):
