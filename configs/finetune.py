@@ -36,7 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = common.data_config()
     config.data.name = builder
     del config.data["train_split"]  # the fold decides the splits
-    config.data.train_aug = False  # add the minority-AU clips (SPEC §3) to training
+    # The minority-AU clips (SPEC §3, `partK_aug`) join training: the paper's recipe on the real
+    # datasets; off for the synthetic one (its minority spans are drawn, not observed).
+    config.data.train_aug = dataset != "synthetic"
     config.data.crop_scale = (0.8, 1.0)  # faces are pre-cropped: mild crops keep every AU region
     config.data.synthetic.clip_length = clip_length
     config.init_from = ""  # a pre-training workdir or a converted checkpoint dir
