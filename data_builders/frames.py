@@ -2,13 +2,15 @@
 
 `FrameSource` says where the frames of one video are and which dataset frame
 number each has. `face_crops` reads the frames a builder needs, finds the face
-track (the detector of `auvmae_jax.faces`, smoothed over time; where no face is
-found the nearest frame's box is used and the frame counted), aligns it (the
-eye-line angle, smoothed over time, turned horizontal: `faces.smooth_angles`,
+track (the detector of `auvmae_jax.faces`; the boxes of the frames with a face
+smoothed over time, and a frame where no face is found takes the box of the
+nearest frame with one, and is counted, as DATA.md says), aligns it (the eye-line
+angle, smoothed over time, turned horizontal: `faces.smooth_angles`,
 `faces.square_crop(..., angle=)`; frames without two eyes are counted), crops a
 square around it, resizes to `image_size` and JPEG-encodes it, once, at build time.
-Without detection the frames are taken as face crops already: the centre square
-is resized.
+Without detection (`--no-detect`) the frames are taken as face crops already: the
+whole frame is resized to `image_size` x `image_size`; a video whose frames are not
+square gets one warning in the report (its aspect ratio changes).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import bisect
 import dataclasses
 import io
 import os
+import re
 import zipfile
 from collections.abc import Collection, Iterator
 
@@ -46,6 +49,13 @@ class FrameSource:
     images: tuple[tuple[int, str], ...] | None = None
     first_number: int = 1
 
+    @property
+    def where(self) -> str:
+        """`path`, with the folder inside the zip for frames in a zip (`F001.zip:F001/T1`)."""
+        if self.images and self.path.lower().endswith(".zip"):
+            return f"{self.path}:{os.path.dirname(self.images[0][1])}"
+        return self.path
+
     def iter_frames(self, numbers: Collection[int] | None = None,
                     report: BuildReport | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(number, uint8 `[H, W, 3]`) in frame order, only `numbers` if given.
@@ -68,7 +78,8 @@ class FrameSource:
                     rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
                 except (OSError, ValueError, zipfile.BadZipFile) as e:
                     if report is not None:
-                        report.problem(where, f"unreadable image ({_one_line(e)}); frame treated as missing")
+                        report.problem(where, f"unreadable image ({_image_error(e)}); "
+                                       "frame treated as missing")
                     continue
                 yield number, rgb
         finally:
@@ -94,6 +105,13 @@ class FrameSource:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _image_error(e: BaseException) -> str:
+    """Why an image could not be read, without the object addresses PIL puts in its messages."""
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a decodable JPEG/PNG/BMP"
+    return re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", _one_line(e)) or type(e).__name__
 
 
 def error_reason(e: BaseException, path: str) -> str:
@@ -137,12 +155,9 @@ def _detector(kind: str):
     return _DETECTORS[kind]
 
 
-def centre_square(rgb: np.ndarray, size: int) -> np.ndarray:
-    """The centre square of a frame, resized to `size` x `size` (bilinear)."""
-    h, w = rgb.shape[:2]
-    s = min(h, w)
-    y, x = (h - s) // 2, (w - s) // 2
-    image = Image.fromarray(np.ascontiguousarray(rgb[y:y + s, x:x + s]))
+def resize_whole(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The whole frame `[H, W, 3]` resized to `[size, size, 3]` (bilinear; stretched if not square)."""
+    image = Image.fromarray(np.ascontiguousarray(rgb))
     return np.asarray(image.resize((size, size), Image.BILINEAR))
 
 
@@ -167,13 +182,20 @@ def face_crops(source: FrameSource, numbers: Collection[int] | None, *, image_si
 
     With `detect`, frames are decoded twice (boxes and eye-line angles first, so that
     the track can be smoothed, then the crops) to keep memory bounded on long videos;
-    with `align` the crops are rotated so that the eyes are horizontal. Counts
-    `frames_without_face` (and with `align` `frames_without_eyes`) in `report`;
-    raises `SkipVideo` if no frame shows a face or no frame could be read.
+    with `align` the crops are rotated so that the eyes are horizontal. A frame without
+    a face takes the (smoothed) box of the nearest frame with one, the earlier on a tie.
+    Counts `frames_without_face` (and with `align` `frames_without_eyes`) in `report`;
+    raises `SkipVideo` if no frame shows a face or no frame could be read. Without
+    `detect`, each whole frame is resized; non-square frames are warned about once.
     """
     if not detect:
-        out = {n: clips.encode_jpeg(centre_square(rgb, image_size), jpeg_quality)
-               for n, rgb in source.iter_frames(numbers, report)}
+        out, shape = {}, None
+        for n, rgb in source.iter_frames(numbers, report):
+            if shape is None and rgb.shape[0] != rgb.shape[1]:
+                shape = rgb.shape
+                report.warn(source.where, f"frames are {shape[1]}x{shape[0]}, not square: resized whole to "
+                            f"{image_size}x{image_size} (--no-detect), the aspect ratio changes")
+            out[n] = clips.encode_jpeg(resize_whole(rgb, image_size), jpeg_quality)
         if not out:
             raise SkipVideo("no frame could be read")
         return out
@@ -194,7 +216,9 @@ def face_crops(source: FrameSource, numbers: Collection[int] | None, *, image_si
     report.count("frames_without_face", missing)
     if align:
         report.count("frames_without_eyes", sum(a is None for a in raw_angles) - missing)
-    boxes = dict(zip(order, fill_nearest(faces.smooth_boxes(raw))))
+    # Smoothing over the runs of detected boxes only (max_gap=0: no interpolation across a gap),
+    # then each frame without a face takes the nearest detected frame's box.
+    boxes = dict(zip(order, fill_nearest(faces.smooth_boxes(raw, max_gap=0))))
     angles = dict(zip(order, faces.smooth_angles(raw_angles) if align else [0.0] * len(order)))
     out = {}
     for n, rgb in source.iter_frames(set(order), None):  # problems were reported in the first pass

@@ -6,15 +6,15 @@ goes to, and this module does the rest:
 
 - face crops once per video (`frames.face_crops`), then clips of `clip_length`
   frames with `clip_stride` (`clip_examples`);
-- locally: every video is prepared first, in `num_workers` processes (spawned),
-  into a temporary cache, so that the report is complete, failed videos are left
-  out and a split left empty is not declared (TFDS fails on an empty split); the
-  split generators then only cut clips from the cache (a part and its `_aug` split
-  share one preparation);
-- with Apache Beam (a `beam_runner` or `beam_options` in the `DownloadConfig`),
-  `_generate_examples` returns a `PTransform` that prepares and cuts each video on
-  the workers; each writes its video's report beside the output, and the builder
-  merges them into `report` once the pipeline has run (and counts Beam metrics).
+- every video is prepared first into a temporary cache beside the output, so that
+  the report is complete, failed videos are left out and a split left empty is
+  not declared (TFDS fails the whole build on a split without examples, and under
+  Beam it only finds out inside the pipeline); the split generators then only cut
+  clips from the cache (a part and its `_aug` split share one preparation);
+- the preparation runs in `num_workers` local processes (spawned), or with Apache
+  Beam (a `beam_runner` or `beam_options` in the `DownloadConfig`) as a first Beam
+  pipeline of its own, whose workers write each video's crops and report to the
+  cache; TFDS's pipeline then cuts the clips from the cache on the workers.
 
 Records are written by `clips.DeterministicExampleWriter`: a re-run with the same
 inputs and config writes the same bytes.
@@ -23,13 +23,11 @@ inputs and config writes the same bytes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import pickle
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
@@ -206,6 +204,15 @@ class Prepared:
     report: BuildReport
     skipped: str | None = None
 
+    def to_json(self) -> dict:
+        available = None if self.available is None else self.available.tolist()
+        return {"available": available, "report": self.report.to_json(), "skipped": self.skipped}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Prepared:
+        available = None if d["available"] is None else np.asarray(d["available"], np.int64)
+        return cls(available, BuildReport.from_json(d["report"]), d["skipped"])
+
 
 def prepare(item: VideoItem, params: ClipParams, cache_path: str | None = None) -> tuple[Prepared, dict]:
     """Face crops of one video (written to `cache_path` if given); never raises for bad data."""
@@ -219,8 +226,7 @@ def prepare(item: VideoItem, params: ClipParams, cache_path: str | None = None) 
     except Exception as e:  # noqa: BLE001  (a decoder or codec bug on one file must not stop the build)
         return Prepared(None, report, f"failed: {type(e).__name__}: {' '.join(str(e).split())}"), {}
     if cache_path:
-        with open(cache_path, "wb") as f:
-            pickle.dump(jpegs, f, protocol=pickle.HIGHEST_PROTOCOL)
+        epath.Path(cache_path).write_bytes(pickle.dumps(jpegs, protocol=pickle.HIGHEST_PROTOCOL))
     available = None if item.numbers is None else np.asarray(sorted(jpegs), np.int64)
     return Prepared(available, report), jpegs
 
@@ -235,8 +241,7 @@ def video_report(item: VideoItem, prepared: Prepared) -> BuildReport:
     report = BuildReport()
     report.merge(prepared.report)
     if prepared.skipped:
-        report.problem(item.source.path, f"skipped: {prepared.skipped}")
-        report.count("videos_skipped")
+        report.skip(item.source.path, f"skipped: {prepared.skipped}")
         return report
     report.count("videos_built")
     if item.numbers is not None:
@@ -248,23 +253,22 @@ def video_report(item: VideoItem, prepared: Prepared) -> BuildReport:
     return report
 
 
-def _beam_examples(item: VideoItem, params: ClipParams, aug: bool, reports_dir: str):
-    """Beam worker: prepare one video and yield its clips. Its report goes to `reports_dir` (once,
-    from the non-augmented pass), where the builder collects all of them after the pipeline."""
+def _beam_prepare(indexed_job) -> str:
+    """Beam worker of the preparation pipeline: crops to the job's cache path; returns one JSON
+    line, the video's index and its `Prepared`."""
     import apache_beam as beam
 
-    from auvmae_jax import paths
+    i, job = indexed_job
+    prepared = _prepare_to_cache(job)
+    beam.metrics.Metrics.counter("auvmae", "videos_skipped" if prepared.skipped else "videos_built").inc()
+    return json.dumps({"index": i, **prepared.to_json()})
 
-    prepared, jpegs = prepare(item, params)
-    if not aug:
-        report = video_report(item, prepared)
-        for p in report.problems:
-            log.warning("%s", p)
-        name = hashlib.sha1(f"{item.split}/{item.video}/{item.source.path}".encode()).hexdigest()
-        paths.write_json(paths.join(reports_dir, f"{name}.json"), report.to_json())
-        beam.metrics.Metrics.counter("auvmae", "videos_skipped" if prepared.skipped else "videos_built").inc()
-    if not prepared.skipped:
-        yield from clip_examples(item, jpegs, params, aug)
+
+def _beam_clips(job, params: ClipParams, aug: bool):
+    """Beam worker of TFDS's pipeline: the clips of one prepared video, read from the cache."""
+    item, path = job
+    jpegs = pickle.loads(epath.Path(path).read_bytes())
+    yield from clip_examples(item, jpegs, params, aug)
 
 
 # ---------------------------------------------------------------------------- builder
@@ -313,28 +317,21 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
                           align=cfg.align_faces)
 
     def _generate_splits(self, dl_manager, download_config):
-        self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
-        self._cache_dir = None
-        if not self._use_beam:  # beside the output: crops need as much disk as the records
+        self._beam_runner, self._beam_options = download_config.beam_runner, download_config.beam_options
+        self._use_beam = self._beam_runner is not None or self._beam_options is not None
+        # Beside the output (crops need as much disk as the records), where every Beam worker
+        # can write too (a gs:// data_dir on a cluster).
+        if self._use_beam:
+            self._cache_dir = os.path.join(self._data_dir_root, f".auvmae_crops_{uuid.uuid4().hex}")
+            epath.Path(self._cache_dir).mkdir(parents=True, exist_ok=True)
+        else:
             os.makedirs(self._data_dir_root, exist_ok=True)
             self._cache_dir = tempfile.mkdtemp(prefix=".auvmae_crops_", dir=self._data_dir_root)
-        else:  # where every Beam worker can write (a gs:// data_dir on a cluster)
-            self._reports_dir = os.path.join(self._data_dir_root, f".auvmae_reports_{uuid.uuid4().hex}")
         try:
-            split_infos = super()._generate_splits(dl_manager, download_config)
-            if self._use_beam:
-                self._collect_beam_reports()
-            return split_infos
+            return super()._generate_splits(dl_manager, download_config)
         finally:
-            if self._cache_dir:
-                shutil.rmtree(self._cache_dir, ignore_errors=True)
-            if self._use_beam and epath.Path(self._reports_dir).exists():
-                epath.Path(self._reports_dir).rmtree()
-
-    def _collect_beam_reports(self) -> None:
-        """Merge the per-video reports the Beam workers wrote: the summary then counts them too."""
-        for f in sorted(epath.Path(self._reports_dir).glob("*.json")):
-            self.report.merge(BuildReport.from_json(json.loads(f.read_text())))
+            if epath.Path(self._cache_dir).exists():
+                epath.Path(self._cache_dir).rmtree()
 
     def _split_generators(self, dl_manager):
         from auvmae_jax.errors import UserError
@@ -350,16 +347,6 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
         if params.detect:
             frames._detector("opencv")  # no OpenCV: one clear error now, not one per video
         names = sorted({it.split for it in items})
-        if self._use_beam:  # splits from the labels alone: a split whose videos all fail fails the build
-            splits = {}
-            for s in names:
-                part = [it for it in items if it.split == s]
-                splits[s] = self._generate_examples(part, params, False)
-                aug = [it for it in part if params.minority_columns
-                       and has_minority_clips(it, it.numbers.tolist(), params)]
-                if aug:
-                    splits[f"{s}_aug"] = self._generate_examples(aug, params, True)
-            return splits
         prepared = self._prepare_all(items, params)
         self._last_use = set()  # cache files no later split reads: deleted once read
         built = [(it, p) for it, p in zip(items, prepared) if p.skipped is None]
@@ -381,30 +368,64 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
                 splits[f"{s}_aug"] = self._generate_examples(aug, params, True)
         return splits
 
+    def _cache_path(self, i: int) -> str:
+        return os.path.join(self._cache_dir, f"{i:07d}.pkl")
+
     def _prepare_all(self, items: list[VideoItem], params: ClipParams) -> list[Prepared]:
-        jobs = [(it, params, os.path.join(self._cache_dir, f"{i:07d}.pkl")) for i, it in enumerate(items)]
-        if self.num_workers > 1 and len(jobs) > 1:
+        """Every video prepared into the cache (locally or on Beam); their reports merged, in order."""
+        jobs = [(it, params, self._cache_path(i)) for i, it in enumerate(items)]
+        if self._use_beam:
+            prepared = self._prepare_with_beam(jobs)
+        elif self.num_workers > 1 and len(jobs) > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold threads
             with ctx.Pool(min(self.num_workers, len(jobs))) as pool:
                 prepared = list(pool.imap(_prepare_to_cache, jobs))
         else:
             prepared = [_prepare_to_cache(j) for j in jobs]
         for it, p in zip(items, prepared):
-            self.report.merge(video_report(it, p))
+            report = video_report(it, p)
+            for w in report.warnings:
+                log.warning("%s", w)
+            self.report.merge(report)
         return prepared
 
+    def _prepare_with_beam(self, jobs) -> list[Prepared]:
+        """A Beam pipeline of its own, run before TFDS's: only then are the splits that will have
+        examples known (TFDS's Beam writer fails the whole build on an empty split)."""
+        import apache_beam as beam
+        from apache_beam.options.pipeline_options import PipelineOptions, TypeOptions
+
+        options = self._beam_options or PipelineOptions()
+        options.view_as(TypeOptions).pipeline_type_check = False  # as TFDS does: items are not typed
+        results = os.path.join(self._cache_dir, "prepared")
+        with beam.Pipeline(runner=self._beam_runner, options=options) as pipeline:
+            _ = (pipeline | "ListVideos" >> beam.Create(list(enumerate(jobs)))
+                 | "Spread" >> beam.Reshuffle()  # one video per work item, not all fused on one worker
+                 | "PrepareVideos" >> beam.Map(_beam_prepare)
+                 | "WriteResults" >> beam.io.WriteToText(results, file_name_suffix=".jsonl"))
+        found = {}
+        for shard in epath.Path(self._cache_dir).glob("prepared*.jsonl"):
+            for line in shard.read_text().splitlines():
+                d = json.loads(line)
+                found[d["index"]] = Prepared.from_json(d)
+        # None missing unless a worker died outside `prepare` (out of memory, killed)
+        return [found.get(i) or Prepared(None, BuildReport(), "no result from its Beam worker")
+                for i in range(len(jobs))]
+
     def _generate_examples(self, items, params: ClipParams, aug: bool):
-        """A Beam `PTransform` (items are `VideoItem`s) or a generator over the cache."""
+        """Clips of `items` (`(index, VideoItem)` of prepared videos), cut from the cache: a Beam
+        `PTransform` under Beam, else a generator."""
         if self._use_beam:
             import apache_beam as beam
 
-            return beam.Create(items) | beam.FlatMap(_beam_examples, params=params, aug=aug,
-                                                     reports_dir=self._reports_dir)
+            jobs = [(item, self._cache_path(i)) for i, item in items]
+            return (beam.Create(jobs) | beam.Reshuffle()
+                    | beam.FlatMap(_beam_clips, params=params, aug=aug))
         return self._cached_examples(items, params, aug)
 
     def _cached_examples(self, items, params, aug):
         for i, item in items:
-            path = os.path.join(self._cache_dir, f"{i:07d}.pkl")
+            path = self._cache_path(i)
             with open(path, "rb") as f:
                 jpegs = pickle.load(f)
             if aug or i in self._last_use:

@@ -15,6 +15,7 @@ from tests import dataset_replicas as R
 CONFIG = dict(image_size=32, clip_length=8)
 SEGMENTS = (range(34, 54), range(60, 65))  # coded frame numbers of F001_T1: two runs
 NO_IMAGE = 40  # a coded frame of F001_T1 without its JPEG
+EMPTY_CELL = (3, 2)  # (frame, AU) of M011_T2 left empty
 
 
 def value(frame: int, au: int) -> int:
@@ -22,13 +23,16 @@ def value(frame: int, au: int) -> int:
     return (0, 1, 1, 0, 9)[(frame * 3 + au) % 5]
 
 
-def write_csv(path, numbers, columns=AUS, extra=(27, 43)):
-    """Columns in a shuffled order, with AUs the builder does not use."""
+def write_csv(path, numbers, columns=AUS, extra=(27, 43), cells=None, rows=()):
+    """Columns in a shuffled order, with AUs the builder does not use. `cells`: {(frame, au): text}
+    written instead of the value; `rows`: extra raw lines at the end."""
     cols = list(reversed(columns)) + list(extra)
+    cells = cells or {}
     with open(path, "w") as f:
         f.write(",".join(["0", *map(str, cols)]) + "\n")
         for n in numbers:
-            f.write(",".join([str(n), *(str(value(n, au)) for au in cols)]) + "\n")
+            f.write(",".join([str(n), *(cells.get((n, au), str(value(n, au))) for au in cols)]) + "\n")
+        f.writelines(f"{r}\n" for r in rows)
 
 
 def write_bp4d(root):
@@ -40,7 +44,8 @@ def write_bp4d(root):
     frames = R.face_frames(0, 70)
     have = [n for n in range(30, 70) if n != NO_IMAGE]  # frames 30-33, 54-59, 65-69 are not coded
     R.write_jpegs(os.path.join(seqs, "F001", "T1"), frames[have], have, pad=4)
-    write_csv(os.path.join(occ, "M011_T2.csv"), range(1, 11), columns=AUS[:-1])  # no AU 24 column
+    write_csv(os.path.join(occ, "M011_T2.csv"), range(1, 11), columns=AUS[:-1],  # no AU 24 column
+              cells={EMPTY_CELL: ""}, rows=["n/a," + ",".join(["0"] * 13)])  # one empty cell, one bad row
     R.write_jpegs(os.path.join(seqs, "M011", "T2"), R.face_frames(1, 10), range(1, 11), pad=0)
     write_csv(os.path.join(occ, "F007_T1.csv"), range(5, 13))
     with zipfile.ZipFile(os.path.join(seqs, "F007.zip"), "w") as z:
@@ -49,6 +54,7 @@ def write_bp4d(root):
     open(os.path.join(occ, "M011_T3.csv"), "w").close()  # empty label file
     write_csv(os.path.join(occ, "F001_T1 copy.csv"), [1])  # odd name
     write_csv(os.path.join(occ, "F003_T1.csv"), [1, 2])  # no frames
+    R.write_jpegs(os.path.join(seqs, "F009", "T1"), R.face_frames(3, 2), [1, 2])  # frames, no label file
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +107,22 @@ def test_missing_au_column_is_unknown(built):
     assert clip["valid"][:, AUS.index(1)].any()
 
 
+def test_an_empty_cell_invalidates_only_that_cell(built):
+    clip, second = _examples(built, "part2")  # M011_T2: frames 1-8, 9-10 (the 'n/a' row dropped)
+    expected = np.array([[value(n, au) != 9 for au in AUS] for n in range(1, 9)], np.uint8)
+    expected[:, AUS.index(24)] = 0  # no column
+    frame, au = EMPTY_CELL
+    assert expected[frame - 1, AUS.index(au)] == 1
+    expected[frame - 1, AUS.index(au)] = 0
+    np.testing.assert_array_equal(clip["valid"], expected)
+    assert int(second["start_frame"]) == 9 and second["valid"][2:].sum() == 0  # 9, 10, then padding
+    reasons = [p.reason for p in built.report.problems if p.path.endswith("M011_T2.csv")]
+    assert "1 cell(s) empty or not a number (line 4 (frame 3) AU 2: ''): valid = 0 there" in reasons
+    assert any(r.startswith("line 12 'n/a,0") and r.endswith("row dropped") for r in reasons)
+    assert built.report.counts["label_cells_unusable"] == 1
+    assert built.report.counts["label_rows_dropped"] == 1
+
+
 def test_augmentation_split(built):
     aug = _examples(built, "part1_aug")
     labels = np.array([[value(n, au) == 1 for au in AUS] for n in SEGMENTS[0]], np.uint8)
@@ -116,11 +138,23 @@ def test_report(built):
     assert "empty label file" in problems["M011_T3.csv"]
     assert "not named SUBJECT_TASK.csv" in problems["F001_T1 copy.csv"]
     assert "no frames found for F003/T1" in problems["F003_T1.csv"]
-    assert "no column for AU 24" in problems["M011_T2.csv"]
+    assert any(p.reason == "no column for AU 24: valid = 0 there" for p in built.report.problems
+               if p.path.endswith("M011_T2.csv"))
     assert "1 labelled frame(s) without image (40)" in problems["T1"]
+    no_label = [p for p in built.report.problems if p.reason.startswith("no label file")]
+    assert [(p.path.split(os.sep)[-2:], p.reason) for p in no_label] == [
+        (["F009", "T1"], "no label file (AU_OCC/F009_T1.csv): skipped")]
     assert built.report.counts["frames_missing"] == 1
     assert built.report.counts["frames_without_labels"] == 4 + 6 + 5  # 30-33, 54-59, 65-69
     assert built.report.counts["videos_built"] == 3
+    assert built.report.counts["videos_skipped"] == 3  # M011_T3 (empty CSV), F003_T1 (no frames), F009_T1
+
+
+def test_report_says_which_layout_it_found(built):
+    assert built.report.notes == [
+        "bp4d: labels in AUCoding/AU_OCC, frames in Sequences(2D+3D): 2 sequence folder(s), 1 sequence(s) "
+        "in subject zips; image names zero-padded (0034.jpg) in 1, plain (34.jpg) in 2"]
+    assert built.report.summary().splitlines()[1].startswith("  found: bp4d: labels in AUCoding/AU_OCC")
 
 
 def test_odd_values_are_unknown_and_reported(tmp_path):
@@ -135,3 +169,38 @@ def test_odd_values_are_unknown_and_reported(tmp_path):
     assert valid[:, :3].tolist() == [[1, 0, 0], [1, 1, 1]]
     assert not valid[:, 3:].any()  # columns the file does not have
     assert any("other than 0, 1, 9" in p.reason for p in report.problems)
+
+
+def test_beam_build_leaves_out_a_split_whose_videos_all_fail(tmp_path):
+    """Under Beam too, a part whose only sequence cannot be read is reported and left out, and
+    the rest is built (TFDS fails a Beam build on an empty split, so splits follow the preparation)."""
+    pytest.importorskip("apache_beam")
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    root = tmp_path / "manual"
+    occ, seqs = root / "AUCoding" / "AU_OCC", root / "Sequences"
+    occ.mkdir(parents=True)
+    write_csv(str(occ / "F001_T1.csv"), range(1, 5))
+    R.write_jpegs(str(seqs / "F001" / "T1"), R.face_frames(0, 4), range(1, 5))
+    write_csv(str(occ / "M011_T2.csv"), range(1, 5))  # part2's only sequence: no image decodes
+    (seqs / "M011" / "T2").mkdir(parents=True)
+    for n in range(1, 5):
+        (seqs / "M011" / "T2" / f"{n:04d}.jpg").write_bytes(b"not a jpeg" * 10)
+    builder = Bp4d(config=Bp4dConfig(**CONFIG, detect_faces=False), data_dir=str(tmp_path / "tfds"),
+                   file_format="array_record")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(root), beam_options=PipelineOptions(["--runner=DirectRunner",
+                                                            "--direct_num_workers=1"])))
+    assert builder.info.splits["part1"].num_examples == 1
+    assert not {"part2", "part2_aug"} & set(builder.info.splits)
+    counts = builder.report.counts
+    assert (counts["videos_built"], counts["videos_skipped"]) == (1, 1)
+    problems = [(os.path.basename(p.path), p.reason) for p in builder.report.problems]
+    unreadable = "unreadable image (not a decodable JPEG/PNG/BMP); frame treated as missing"
+    assert problems == [(f"{n:04d}.jpg", unreadable) for n in range(1, 5)] + [
+        ("T2", "skipped: no frame could be read")]
+    # --no-detect resizes whole frames: the 80x64 ones get one warning per sequence
+    assert [(os.path.basename(w.path), w.reason) for w in builder.report.warnings] == [
+        ("T1", "frames are 80x64, not square: resized whole to 32x32 (--no-detect), "
+               "the aspect ratio changes")]
+    assert not [n for n in os.listdir(tmp_path / "tfds") if n.startswith(".auvmae")]  # crops cache gone

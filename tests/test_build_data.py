@@ -67,6 +67,28 @@ def test_cli_errors(tmp_path):
     assert "no video could be built" in nothing.stderr and "LeftVideoSN001_comp.avi" in nothing.stderr
 
 
+def test_cli_beam_build_with_a_part_that_fails_entirely(tmp_path):
+    """Beam: part2's only video shows no face. The rest is built, exit 0, the summary counts it."""
+    pytest.importorskip("apache_beam")
+    import numpy as np
+
+    manual = tmp_path / "manual"
+    videos = manual / "Videos_LeftCamera"
+    R.write_video(str(videos / "LeftVideoSN001_comp.avi"), R.face_frames(0, 6))
+    write_labels(str(manual), "SN001", 0, 6)
+    R.write_video(str(videos / "LeftVideoSN013_comp.avi"), np.full((6, 64, 80, 3), 90, np.uint8))
+    write_labels(str(manual), "SN013", 1, 6)
+    run = _cli("--dataset=disfa", f"--manual_dir={manual}", f"--data_dir={tmp_path / 'out'}",
+               "--clip_length=8", "--image_size=32",
+               "--beam_pipeline_options=runner=DirectRunner,direct_num_workers=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert "LeftVideoSN013_comp.avi: skipped: no face found in any of its 6 frames" in run.stderr
+    assert "videos_built: 1" in run.stderr and "videos_skipped: 1" in run.stderr
+    clips_line = next(line for line in run.stderr.splitlines() if line.strip().startswith("clips:"))
+    assert "part1: 1" in clips_line and "part2" not in clips_line
+
+
 def test_make_builder_options():
     builder = build_data.make_builder("face_videos/mead", "/tmp/unused", clip_length=16, detect=False)
     assert builder.builder_config.name == "mead_t16_nodetect" and builder.builder_config.corpus == "mead"

@@ -12,11 +12,13 @@ from auvmae_jax.input_pipeline import decode_jpeg
 from configs import finetune as finetune_configs
 from data_builders import clips
 from data_builders.disfa import AUS, MINORITY_AUS, Disfa, DisfaConfig, disfa
+from data_builders.report import BuildReport
 from tests import dataset_replicas as R
 
 FRAMES = 20
 CONFIG = dict(image_size=32, clip_length=8)
 BLANK = 5  # SN001's frame without a face
+BAD_LINE = 3  # the frame of SN003_au2.txt whose line is '3,9'
 
 
 def intensity(subject: int, au: int, frame: int) -> int:
@@ -24,7 +26,8 @@ def intensity(subject: int, au: int, frame: int) -> int:
     return (frame + au + subject) % 4
 
 
-def _write_labels(root, subject, index, frames, skip_au=None, empty_au=None):
+def _write_labels(root, subject, index, frames, skip_au=None, empty_au=None, bad_line=None):
+    """`bad_line`: (au, frame) whose line reads 'frame,9' (intensity out of range)."""
     folder = os.path.join(root, "ActionUnit_Labels", subject)
     os.makedirs(folder, exist_ok=True)
     for au in (1, 2, 4, 5, 6, 9, 12, 15, 17, 20, 25, 26):
@@ -32,12 +35,14 @@ def _write_labels(root, subject, index, frames, skip_au=None, empty_au=None):
             continue
         with open(os.path.join(folder, f"{subject}_au{au}.txt"), "w") as f:
             if au != empty_au:
-                f.writelines(f"{k},{intensity(index, au, k)}\n" for k in range(1, frames + 1))
+                f.writelines(f"{k},{9 if (au, k) == bad_line else intensity(index, au, k)}\n"
+                             for k in range(1, frames + 1))
 
 
 def write_disfa(root):
     """SN001 (a frame without a face), SN010 (video one frame short of its labels), SN013 (an
-    empty AU file), SN003, SN002 (corrupt video), and folders with odd names."""
+    empty AU file), SN003 (a line '3,9' in its AU2 file), SN002 (corrupt video), SN009 (a video
+    without labels), SN030 (labels without video), and folders with odd names."""
     videos = os.path.join(root, "Videos_LeftCamera")
     for index, subject in enumerate(["SN001", "SN010", "SN013", "SN003"]):
         frames = R.face_frames(index, FRAMES)
@@ -47,9 +52,12 @@ def write_disfa(root):
             frames = frames[:-1]
         name = "LeftVideoSN010_Comp.avi" if subject == "SN010" else f"LeftVideo{subject}_comp.avi"
         R.write_video(os.path.join(videos, name), frames)
-        _write_labels(root, subject, index, FRAMES, empty_au=9 if subject == "SN013" else None)
+        _write_labels(root, subject, index, FRAMES, empty_au=9 if subject == "SN013" else None,
+                      bad_line=(2, BAD_LINE) if subject == "SN003" else None)
     R.write_corrupt(os.path.join(videos, "LeftVideoSN002_comp.avi"))
     _write_labels(root, "SN002", 9, FRAMES)
+    R.write_corrupt(os.path.join(videos, "LeftVideoSN009_comp.avi"))  # no ActionUnit_Labels/SN009
+    _write_labels(root, "SN030", 8, FRAMES)  # no LeftVideoSN030_comp.avi
     os.makedirs(os.path.join(root, "ActionUnit_Labels", "SN01x_backup"))
     with open(os.path.join(root, "ActionUnit_Labels", "readme.txt"), "w") as f:
         f.write("not a subject")
@@ -76,11 +84,21 @@ def test_read_intensities_active_from_2(tmp_path):
     path.write_text("1,0\n2,1\n3,2\n4,5\n\n")
     frames, values = disfa.read_intensities(str(path))
     assert frames.tolist() == [1, 2, 3, 4] and values.tolist() == [0, 1, 2, 5]
-    path.write_text("1,0\n2,7\n")
-    with pytest.raises(ValueError, match="line 2"):
-        disfa.read_intensities(str(path))
+    # One bad line costs only its own cell: frame 2 kept with intensity -1 (valid = 0), the
+    # line without a frame number dropped; both reported by line and counted.
+    path.write_text("1,0\n2,7\nx,3\n4,2\n")
+    report = BuildReport()
+    frames, values = disfa.read_intensities(str(path), report)
+    assert frames.tolist() == [1, 2, 4] and values.tolist() == [0, -1, 2]
+    reasons = [p.reason for p in report.problems]
+    assert reasons[0].startswith("line 2 '2,7'") and "valid = 0 for frame 2" in reasons[0]
+    assert reasons[1].startswith("line 3 'x,3'") and "dropped" in reasons[1]
+    assert report.counts["label_lines_unusable"] == 2
     path.write_text("")
     with pytest.raises(ValueError, match="empty"):
+        disfa.read_intensities(str(path))
+    path.write_text("a,b\n")
+    with pytest.raises(ValueError, match="no line"):
         disfa.read_intensities(str(path))
 
 
@@ -121,6 +139,17 @@ def test_empty_au_file_makes_its_column_unknown(built):
     assert clip["valid"][:, [c for c in range(len(AUS)) if c != col]].all()
 
 
+def test_one_bad_label_line_invalidates_only_its_cell(built):
+    first = [e for e in _examples(built, "part3") if e["video"] == b"SN003"][0]  # frames 1-8
+    expected = np.ones((8, len(AUS)), np.uint8)
+    expected[BAD_LINE - 1, AUS.index(2)] = 0
+    np.testing.assert_array_equal(first["valid"], expected)
+    problems = [p for p in built.report.problems if p.path.endswith("SN003_au2.txt")]
+    assert [p.reason for p in problems] == [
+        "line 3 '3,9': not 'frame,intensity' with intensity 0-5: valid = 0 for frame 3"]
+    assert built.report.counts["label_lines_unusable"] == 1
+
+
 def test_augmentation_clips_follow_minority_spans(built):
     aug = [e for e in _examples(built, "part1_aug") if e["video"] == b"SN001"]
     labels = np.array([[intensity(0, au, k) >= 2 for au in AUS] for k in range(1, FRAMES + 1)], np.uint8)
@@ -136,8 +165,13 @@ def test_report_names_files_and_counts(built):
     assert "not a subject folder" in problems["SN01x_backup"]
     assert "empty label file" in problems["SN013_au9.txt"]
     assert "1 labelled frame(s) without image (20)" in problems["LeftVideoSN010_Comp.avi"]
+    assert problems["LeftVideoSN009_comp.avi"] == "no label file (no ActionUnit_Labels/SN009 folder): skipped"
+    assert problems["LeftVideoSN030_comp.avi"] == "no video for this subject: skipped"
     counts = built.report.counts
     assert counts["videos_built"] == 4 and counts["frames_missing"] == 1
+    assert counts["videos_skipped"] == 3  # SN002 (corrupt), SN009 (no labels), SN030 (no video)
+    assert "videos_skipped: 3" in text
+    assert "found: disfa: labels in ActionUnit_Labels, left-camera videos in Videos_LeftCamera" in text
     assert counts["frames_without_face"] == 1  # SN001's blank frame took its neighbour's box
     assert "problems: " in text and "SN002" in text
     assert not [n for n in os.listdir(built._data_dir_root) if "crops" in n]  # temporary crops gone

@@ -38,6 +38,9 @@ def write_corpora(root):
         R.write_video(os.path.join(root, "MEAD", "M003", "video", view, "angry", "level_1", "001.mp4"),
                       R.face_frames(9, 6))
     os.makedirs(os.path.join(root, "MEAD", "audio"))
+    for tar in ("W009.tar", os.path.join("M003", "video", "down.tar")):  # as shipped, not extracted
+        with open(os.path.join(root, "MEAD", tar), "wb") as f:
+            f.write(b"\0" * 512)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +90,20 @@ def test_each_corpus_layout(manual):
                                     BuildReport())
     assert [it.video for it in other] == ["ffpp_001"]
     assert FaceVideosConfig(corpus="mead", view="left_30").name == "mead_left_30"
+
+
+def test_mead_archives_are_reported_not_skipped_silently(manual):
+    report = BuildReport()
+    items = face_videos.list_videos(manual, FaceVideosConfig(corpus="mead"), report)
+    assert [it.video for it in items] == ["M003_front_angry_level_1_001"]
+    archives = [(os.path.relpath(p.path, manual), p.reason) for p in report.problems
+                if p.path.endswith(".tar")]
+    assert archives == [
+        (os.path.join("MEAD", "W009.tar"),
+         "an archive, not read: extract it here (e.g. tar xf W009.tar) to build the videos in it: skipped"),
+        (os.path.join("MEAD", "M003", "video", "down.tar"),
+         "an archive, not read: extract it here (e.g. tar xf down.tar) to build the videos in it: skipped")]
+    assert report.notes == [f"mead: 1 video(s) of 1 subject(s) under {os.path.join(manual, 'MEAD')}"]
 
 
 def test_clips_cover_each_video_and_end_at_its_end(vox):

@@ -86,6 +86,11 @@ def test_smooth_boxes_fills_short_gaps_and_averages():
     # the ends take the nearest box; max_gap=None fills everything
     assert faces.smooth_boxes([None, Box(5, 5, 4, 4), None], max_gap=1, window=1) == [Box(5, 5, 4, 4)] * 3
     assert faces.smooth_boxes([None] * 3) == [None] * 3
+    # max_gap=0 (the builders: DATA.md's nearest box, `frames.fill_nearest`, fills the gaps after):
+    # no interpolation, only the runs of detected boxes are smoothed
+    runs = faces.smooth_boxes([Box(0, 0, 10, 10), Box(2, 0, 10, 10), None, Box(40, 0, 10, 10)],
+                              max_gap=0, window=3)
+    assert runs == [Box(1, 0, 10, 10), Box(1, 0, 10, 10), None, Box(40, 0, 10, 10)]
     jitter = [Box(10 + (-1) ** i, 0, 10, 10) for i in range(9)]
     sm = faces.smooth_boxes(jitter, window=5)
     assert all(abs(s.x - 10) <= 0.2 for s in sm[2:-2])

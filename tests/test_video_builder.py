@@ -1,5 +1,7 @@
 """Pure steps shared by the real-data builders: runs, nearest boxes, clip cutting, names."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,73 @@ def test_numbered_images_match_integer_names():
                                     "folder", report)
     assert images == ((34, "0034.jpg"), (35, "35.jpg"))
     assert "frame_36.jpg" in report.problems[0].reason
+
+
+class _ScriptedDetector:
+    """Boxes by frame colour (the frame's number), None where the script has none."""
+
+    def __init__(self, boxes):
+        self.boxes = boxes
+
+    def detect(self, rgb):
+        return self.boxes[round(rgb[0, 0, 0] / 20)]
+
+
+def _numbered_frames(tmp_path, n, shape=(16, 16)):
+    from tests import dataset_replicas as R
+
+    frames_ = np.stack([np.full((*shape, 3), 20 * k, np.uint8) for k in range(n)])
+    R.write_jpegs(str(tmp_path), frames_, range(n))
+    return frames.FrameSource(str(tmp_path), frames.numbered_images(os.listdir(tmp_path), "", BuildReport()))
+
+
+def test_frames_without_a_face_take_the_nearest_detected_box(tmp_path, monkeypatch):
+    """DATA.md: the nearest frame's box, not an interpolation across the gap (and counted)."""
+    from auvmae_jax import faces
+    from auvmae_jax.faces import Box
+
+    a, b = Box(0, 0, 10, 10), Box(6, 6, 10, 10)
+    monkeypatch.setattr(frames, "_detector", lambda kind: _ScriptedDetector([a, None, None, None, None, b]))
+    used = {}
+
+    def crop(rgb, box, size, scale, angle):
+        used[round(rgb[0, 0, 0] / 20)] = box
+        return np.zeros((size, size, 3), np.uint8)
+
+    monkeypatch.setattr(faces, "square_crop", crop)
+    report = BuildReport()
+    out = frames.face_crops(_numbered_frames(tmp_path, 6), None, image_size=8, detect=True, jpeg_quality=90,
+                            report=report, align=False)
+    assert sorted(out) == list(range(6))
+    assert [used[k] for k in range(6)] == [a, a, a, b, b, b]  # frame 3 is 2 from b, 3 from a
+    assert report.counts["frames_without_face"] == 4
+
+
+def test_no_detect_resizes_the_whole_frame_and_warns_once(tmp_path):
+    from auvmae_jax.input_pipeline import decode_jpeg
+
+    rgb = np.zeros((8, 24, 3), np.uint8)
+    rgb[:, :8, 0] = rgb[:, 8:16, 1] = rgb[:, 16:, 2] = 255  # red | green | blue thirds
+    source = frames.FrameSource(str(tmp_path), ((1, "1.png"), (2, "2.png")))
+    for name in ("1.png", "2.png"):
+        frames.Image.fromarray(rgb).save(tmp_path / name)
+    report = BuildReport()
+    out = frames.face_crops(source, None, image_size=12, detect=False, jpeg_quality=95, report=report)
+    crop = np.asarray(decode_jpeg(out[1])).astype(int)
+    assert crop.shape == (12, 12, 3)
+    assert crop[6, 1].argmax() == 0 and crop[6, 6].argmax() == 1 and crop[6, 10].argmax() == 2  # all three
+    assert [w.reason for w in report.warnings] == [
+        "frames are 24x8, not square: resized whole to 12x12 (--no-detect), the aspect ratio changes"]
+    square = BuildReport()
+    frames.face_crops(_numbered_frames(tmp_path / "sq", 2), None, image_size=12, detect=False,
+                      jpeg_quality=95, report=square)
+    assert square.warnings == [] and not square.problems
+
+
+def test_unreadable_image_is_named_without_object_addresses(tmp_path):
+    (tmp_path / "0001.jpg").write_bytes(b"garbage" * 20)
+    report = BuildReport()
+    source = frames.FrameSource(str(tmp_path), ((1, "0001.jpg"),))
+    assert list(source.iter_frames(None, report)) == []
+    assert [str(p) for p in report.problems] == [
+        f"{tmp_path / '0001.jpg'}: unreadable image (not a decodable JPEG/PNG/BMP); frame treated as missing"]

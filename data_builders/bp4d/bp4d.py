@@ -6,7 +6,9 @@ Reads the layout the owners ship (DATA.md, "BP4D"):
   then one column per AU, named by its number. Columns are found by header name,
   never by position; the 12 evaluated AUs (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
   are the label columns. 0 = absent, 1 = present, 9 = not coded (`valid = 0`); any
-  other value is also `valid = 0` and reported. A missing AU column is `valid = 0`.
+  other value, an empty or non-numeric cell is also `valid = 0` for that cell only,
+  and reported; a row whose frame number is not a number is dropped and reported.
+  A missing AU column is `valid = 0`.
 - Frames: one image per frame under `Sequences/F001/T1/` (the folder may be named
   `Sequences(2D+3D)` or anything starting with `Sequences`, and a subject may ship
   as `F001.zip` holding `F001/T1/...` or `T1/...`). Image names are the frame
@@ -15,8 +17,10 @@ Reads the layout the owners ship (DATA.md, "BP4D"):
 Only the coded frames are used: clips follow each run of consecutive coded frame
 numbers (`start_frame` is the CSV's number). A coded frame without an image gets the
 previous image with `valid = 0`, and is reported with counts per sequence. Label
-files with odd names, empty files, subjects outside the DATA.md parts and sequences
-without frames are reported and skipped.
+files with odd names are reported; empty label files, subjects outside the DATA.md
+parts, sequences without frames and sequences with frames but no label file are
+reported and skipped (counted in `videos_skipped`). The summary says which layout
+was found: the Sequences folder, folders or zips, padded or plain image names.
 
 Splits: `part1..3` (DATA.md subject parts), `part1_aug..3_aug` (minority-AU clips of
 SPEC §3: AUs 1, 2, 4, 15, 23, 24).
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import os
 import re
 import zipfile
@@ -47,6 +52,9 @@ PARTS = {
     "part3": "F007 F015 F006 F019 M006 M009 F012 M003 F004 F021 F017 M015 F014".split(),
 }
 PART_OF = {s: p for p, subjects in PARTS.items() for s in subjects}
+UNUSABLE = -1  # an empty or non-numeric cell: valid = 0
+
+log = logging.getLogger("auvmae")
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -54,63 +62,123 @@ class Bp4dConfig(VideoBuildConfig):
     """Crop size, clip length and stride, detection, JPEG quality (name derived)."""
 
 
-def read_occurrence_csv(path: str, report: BuildReport):
-    """(numbers `[F]`, labels, valid `[F, 12]` uint8) of one AU_OCC file; ValueError if unusable."""
+def read_occurrence_csv(path: str, report: BuildReport, max_lines: int = 5):
+    """(numbers `[F]`, labels, valid `[F, 12]` uint8) of one AU_OCC file; ValueError if unusable.
+
+    A cell that is empty, not a number, missing or not 0/1/9 is `valid = 0` for that
+    frame and AU only; a row whose frame number is not a number is dropped. Both are
+    reported (the first `max_lines` rows) and counted (`label_cells_unusable`,
+    `label_rows_dropped`).
+    """
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        rows = [r for r in csv.reader(f) if any(c.strip() for c in r)]
+        rows = [(k, r) for k, r in enumerate(csv.reader(f), 1) if any(c.strip() for c in r)]
     if not rows:
         raise ValueError("empty label file")
-    header, body = [c.strip() for c in rows[0]], rows[1:]
+    header, body = [c.strip() for c in rows[0][1]], rows[1:]
     if not body:
         raise ValueError("no label rows under the header")
     columns = {}
     for i, name in enumerate(header[1:], 1):
-        try:
-            columns.setdefault(int(float(name)), i)
-        except ValueError:
-            continue
+        number = _integer(name)
+        if number is not None:
+            columns.setdefault(number, i)
     absent = [au for au in AUS if au not in columns]
     if len(absent) == len(AUS):
         raise ValueError(f"no AU column among {header[:6]}...: expected AU numbers as column names")
     if absent:
         report.problem(path, f"no column for AU {', '.join(map(str, absent))}: valid = 0 there")
     table = {}
-    odd = 0
-    for k, row in enumerate(body, 2):
-        try:
-            number = int(float(row[0]))
-            values = [int(float(row[columns[au]])) if au in columns else UNKNOWN for au in AUS]
-        except (ValueError, IndexError):
-            raise ValueError(f"line {k} {','.join(row)[:40]!r} is not numeric") from None
+    dropped, unusable, odd = [], [], 0
+    for k, row in body:
+        number = _integer(row[0])
+        if number is None:
+            dropped.append(f"line {k} {','.join(row)[:40]!r}: frame number is not a number: row dropped")
+            continue
+        values = []
+        for au in AUS:
+            cell = row[columns[au]].strip() if au in columns and columns[au] < len(row) else None
+            value = UNKNOWN if au not in columns else _integer(cell) if cell is not None else None
+            if value is None:
+                unusable.append(f"line {k} (frame {number}) AU {au}: "
+                                f"{'no cell' if cell is None else repr(cell[:10])}")
+                value = UNUSABLE
+            values.append(value)
         if number in table:
             continue
-        odd += sum(v not in (0, 1, UNKNOWN) for v in values)
+        odd += sum(v not in (0, 1, UNKNOWN, UNUSABLE) for v in values)
         table[number] = values
+    for reason in dropped[:max_lines]:
+        report.problem(path, reason)
+    if len(dropped) > max_lines:
+        report.problem(path, f"... and {len(dropped) - max_lines} more row(s) dropped")
+    if unusable:
+        more = f", and {len(unusable) - max_lines} more" if len(unusable) > max_lines else ""
+        shown = "; ".join(unusable[:max_lines])
+        report.problem(path, f"{len(unusable)} cell(s) empty or not a number ({shown}{more}): "
+                       "valid = 0 there")
+    report.count("label_rows_dropped", len(dropped))
+    report.count("label_cells_unusable", len(unusable))
     if odd:
         report.problem(path, f"{odd} value(s) other than 0, 1, 9: valid = 0 there")
+    if not table:
+        raise ValueError("no row with a numeric frame number")
     numbers = np.asarray(sorted(table), np.int64)
     values = np.asarray([table[n] for n in numbers.tolist()], np.int64)
     return numbers, (values == 1).astype(np.uint8), np.isin(values, (0, 1)).astype(np.uint8)
 
 
-def _frame_source(seq_root: str, subject: str, task: str, report: BuildReport) -> FrameSource | None:
-    """Frames of one sequence: a folder `Sequences/F001/T1` or members of `Sequences/F001.zip`."""
-    subject_dir = layouts.find_child(seq_root, subject, want_dir=True)
-    if subject_dir is not None:
-        folder = layouts.find_child(subject_dir, task, want_dir=True)
-        if folder is not None:
-            return FrameSource(folder, numbered_images(layouts.children(folder), folder, report))
-    archive = layouts.find_child(seq_root, rf"{subject}\.zip", want_dir=False)
-    if archive is not None:
+def _integer(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frames:
+    """The image names of one sequence: in a folder, or members of a subject's zip."""
+
+    path: str  # the sequence folder, or the zip
+    names: tuple[str, ...]
+    zipped: bool
+
+
+def sequence_index(seq_root: str, report: BuildReport) -> dict[tuple[str, str], _Frames]:
+    """(subject, task) -> its image names, for every `F001/T1` folder and every task in `F001.zip`
+    (a folder wins over a zip). Each zip is read once."""
+    found: dict[tuple[str, str], _Frames] = {}
+    zips = []
+    for name in layouts.children(seq_root):
+        path = os.path.join(seq_root, name)
+        if os.path.isdir(path) and re.fullmatch(r"[FM]\d{3}", name, re.IGNORECASE):
+            for task in layouts.children(path):
+                folder = os.path.join(path, task)
+                if os.path.isdir(folder) and re.fullmatch(r"T\d+", task, re.IGNORECASE):
+                    names = tuple(layouts.children(folder))
+                    found[(name.upper(), task.upper())] = _Frames(folder, names, False)
+        elif re.fullmatch(r"[FM]\d{3}\.zip", name, re.IGNORECASE) and os.path.isfile(path):
+            zips.append((name[:4].upper(), path))
+    for subject, archive in zips:
         try:
             with zipfile.ZipFile(archive) as z:
-                names = [n for n in z.namelist()
-                         if len(n.split("/")) >= 2 and n.split("/")[-2].upper() == task]
+                members = z.namelist()
         except (OSError, zipfile.BadZipFile) as e:
             report.problem(archive, f"unreadable zip ({e})")
-            return None
-        return FrameSource(archive, numbered_images(names, f"{archive}:{task}", report))
-    return None
+            continue
+        tasks: dict[str, list[str]] = {}
+        for n in members:
+            parts = n.split("/")
+            if len(parts) >= 2 and re.fullmatch(r"T\d+", parts[-2], re.IGNORECASE) and parts[-1]:
+                tasks.setdefault(parts[-2].upper(), []).append(n)
+        for task, names in tasks.items():
+            found.setdefault((subject, task), _Frames(archive, tuple(names), True))
+    return found
+
+
+def _padded(images: tuple[tuple[int, str], ...]) -> bool:
+    """Whether image names are zero-padded (`0034.jpg`) rather than plain (`34.jpg`)."""
+    stems = [os.path.splitext(os.path.basename(n))[0] for _, n in images]
+    return any(len(s) > 1 and s.startswith("0") for s in stems)
 
 
 def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
@@ -125,7 +193,8 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
     if seq_root is None:
         report.problem(root, "no Sequences folder")
         return []
-    items = []
+    index = sequence_index(seq_root, report)
+    items, labelled, layout = [], set(), {"folders": 0, "zips": 0, "padded": 0, "plain": 0}
     for name in layouts.children(occ):
         path = os.path.join(occ, name)
         if not name.lower().endswith(".csv"):
@@ -135,23 +204,38 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
             report.problem(path, "not named SUBJECT_TASK.csv (e.g. F001_T1.csv): skipped")
             continue
         subject, task = m.group(1).upper(), m.group(2).upper()
+        labelled.add((subject, task))
         if subject not in PART_OF:
-            report.problem(path, f"{subject} is in none of the DATA.md parts: skipped")
+            report.skip(path, f"{subject} is in none of the DATA.md parts: skipped")
             continue
         try:
             numbers, labels, valid = read_occurrence_csv(path, report)
         except (ValueError, OSError) as e:
-            report.problem(path, f"{e}: skipped")
+            report.skip(path, f"{e}: skipped")
             continue
-        source = _frame_source(seq_root, subject, task, report)
-        if source is None or not source.images:
-            report.problem(path, f"no frames found for {subject}/{task} under {seq_root}: skipped")
+        frames = index.get((subject, task))
+        where = f"{frames.path}:{task}" if frames and frames.zipped else frames.path if frames else ""
+        images = numbered_images(frames.names, where, report) if frames else ()
+        if not images:
+            report.skip(path, f"no frames found for {subject}/{task} under {seq_root}: skipped")
             continue
-        have = {n for n, _ in source.images}
+        layout["zips" if frames.zipped else "folders"] += 1
+        layout["padded" if _padded(images) else "plain"] += 1
+        have = {n for n, _ in images}
         extra = len(have - set(numbers.tolist()))
         report.count("frames_without_labels", extra)
-        items.append(VideoItem(subject=subject, video=f"{subject}_{task}", source=source,
-                               split=PART_OF[subject], numbers=numbers, labels=labels, valid=valid))
+        items.append(VideoItem(subject=subject, video=f"{subject}_{task}",
+                               source=FrameSource(frames.path, images), split=PART_OF[subject],
+                               numbers=numbers, labels=labels, valid=valid))
+    for (subject, task), frames in sorted(index.items()):
+        if (subject, task) not in labelled:
+            where = f"{frames.path}:{task}" if frames.zipped else frames.path
+            report.skip(where, f"no label file ({os.path.basename(occ)}/{subject}_{task}.csv): skipped")
+    note = (f"bp4d: labels in {os.path.relpath(occ, root)}, frames in {os.path.basename(seq_root)}: "
+            f"{layout['folders']} sequence folder(s), {layout['zips']} sequence(s) in subject zips; "
+            f"image names zero-padded (0034.jpg) in {layout['padded']}, plain (34.jpg) in {layout['plain']}")
+    log.info("%s", note)
+    report.note(note)
     return items
 
 

@@ -12,10 +12,13 @@ Reads the layout the owners ship (DATA.md, "DISFA"):
 
 Frames and labels are matched by frame number: a label row beyond the video's last
 decodable frame gets the previous image with `valid = 0`, and is reported; a frame
-that some AU file lacks is `valid = 0` for that AU. An AU file that is missing,
-empty or malformed is reported and its column is `valid = 0` for that subject.
-Subject folders not named `SNnnn`, subjects outside the DATA.md parts, and videos
-that cannot be read are reported and skipped.
+that some AU file lacks is `valid = 0` for that AU. A line of an AU file that is
+malformed or out of range (`3,9`) is reported and makes only that frame's cell
+`valid = 0` (a line without a frame number is dropped); an AU file that is missing,
+empty or has no usable line is reported and its column is `valid = 0` for that
+subject. Subject folders not named `SNnnn` are reported; subjects outside the
+DATA.md parts, subjects without a video, videos without a label folder and videos
+that cannot be read are reported and skipped (counted in `videos_skipped`).
 
 Splits: `part1..3` (the subject parts of DATA.md), `part1_aug..3_aug` (minority-AU
 clips of SPEC §3: AUs 1, 2, 9), raw: flips and crops are the input pipeline's job.
@@ -59,28 +62,49 @@ class DisfaConfig(VideoBuildConfig):
         return self.camera
 
 
-def read_intensities(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(frames, intensities) int64 `[L]` of one `SNxxx_auN.txt`; ValueError says what is wrong."""
-    numbers, values = [], []
+def read_intensities(path: str, report: BuildReport | None = None, max_lines: int = 5,
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(frames, intensities) int64 `[L]` of one `SNxxx_auN.txt`; intensity -1 where unusable.
+
+    A line with a frame number >= 1 but no intensity 0-5 keeps its frame with -1 (that
+    cell is `valid = 0`); a line without a frame number is dropped. Both are reported
+    (the first `max_lines` by line) and counted in `label_lines_unusable`. ValueError
+    if the file is empty or no line has a frame number.
+    """
+    numbers, values, bad = [], [], []
     with open(path, encoding="utf-8", errors="replace") as f:
         for k, line in enumerate(f, 1):
             text = line.strip()
             if not text:
                 continue
             fields = [x for x in re.split(r"[,\s]+", text) if x]
-            try:
-                if len(fields) != 2:
-                    raise ValueError
-                frame, value = int(float(fields[0])), int(float(fields[1]))
-            except ValueError:
-                raise ValueError(f"line {k} {text[:40]!r} is not 'frame,intensity'") from None
-            if frame < 1 or not 0 <= value <= 5:
-                raise ValueError(f"line {k} {text[:40]!r}: frame must be >= 1 and intensity 0-5")
+            frame = _integer(fields[0]) if fields else None
+            if frame is None or frame < 1:
+                bad.append(f"line {k} {text[:40]!r}: no frame number >= 1: line dropped")
+                continue
+            value = _integer(fields[1]) if len(fields) == 2 else None
+            if value is None or not 0 <= value <= 5:
+                bad.append(f"line {k} {text[:40]!r}: not 'frame,intensity' with intensity 0-5: "
+                           f"valid = 0 for frame {frame}")
+                value = -1
             numbers.append(frame)
             values.append(value)
+    if report is not None and bad:
+        for reason in bad[:max_lines]:
+            report.problem(path, reason)
+        if len(bad) > max_lines:
+            report.problem(path, f"... and {len(bad) - max_lines} more unusable line(s)")
+        report.count("label_lines_unusable", len(bad))
     if not numbers:
-        raise ValueError("empty label file")
+        raise ValueError("no line 'frame,intensity'" if bad else "empty label file")
     return np.asarray(numbers, np.int64), np.asarray(values, np.int64)
+
+
+def _integer(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
 
 
 def subject_labels(folder: str, subject: str, report: BuildReport):
@@ -92,7 +116,7 @@ def subject_labels(folder: str, subject: str, report: BuildReport):
             report.problem(os.path.join(folder, f"{subject}_au{au}.txt"), "missing: AU column valid = 0")
             continue
         try:
-            per_au[au] = read_intensities(path)
+            per_au[au] = read_intensities(path, report)
         except (ValueError, OSError) as e:
             report.problem(path, f"{e}: AU column valid = 0")
     if not per_au:
@@ -105,7 +129,7 @@ def subject_labels(folder: str, subject: str, report: BuildReport):
             f, v = per_au[au]
             rows = np.searchsorted(numbers, f)
             labels[rows, c] = v >= ACTIVE_INTENSITY
-            valid[rows, c] = 1
+            valid[rows, c] = v >= 0
     return numbers, labels, valid
 
 
@@ -123,7 +147,9 @@ def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[Video
     if video_dir is None:
         report.problem(root, f"no {camera}-camera video folder (Videos_{camera.title()}Camera)")
         return []
-    items = []
+    report.note(f"disfa: labels in {os.path.basename(label_root)}, {camera}-camera videos in "
+                f"{os.path.basename(video_dir)}")
+    items, labelled = [], set()
     for name in layouts.children(label_root):
         folder = os.path.join(label_root, name)
         if not os.path.isdir(folder):
@@ -132,24 +158,24 @@ def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[Video
         if not re.fullmatch(r"SN\d{3}", subject):
             report.problem(folder, "not a subject folder (expected SNnnn): skipped")
             continue
+        labelled.add(subject)
         if subject not in PART_OF:
-            report.problem(folder, f"{subject} is in none of the DATA.md parts: skipped")
+            report.skip(folder, f"{subject} is in none of the DATA.md parts: skipped")
             continue
         video = layouts.find_child(video_dir, rf"{camera}video{subject}_comp\.\w+", want_dir=False)
         if video is None:
-            report.problem(os.path.join(video_dir, f"{camera.title()}Video{subject}_comp.avi"),
-                           "no video for this subject: skipped")
+            report.skip(os.path.join(video_dir, f"{camera.title()}Video{subject}_comp.avi"),
+                        "no video for this subject: skipped")
             continue
         found = subject_labels(folder, subject, report)
         if found is None:
-            report.problem(folder, "no usable AU label file: skipped")
+            report.skip(folder, "no usable AU label file: skipped")
             continue
         numbers, labels, valid = found
         try:
             info = video_io.probe(video)
         except UserError as e:
-            report.problem(video, f"skipped: {error_reason(e, video)}")
-            report.count("videos_skipped")
+            report.skip(video, f"skipped: {error_reason(e, video)}")
             continue
         if info.num_frames > numbers[-1]:
             report.problem(video, f"video has {info.num_frames} frames (header), labels end at "
@@ -157,6 +183,11 @@ def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[Video
             report.count("frames_without_labels", int(info.num_frames - numbers[-1]))
         items.append(VideoItem(subject=subject, video=subject, source=FrameSource(video, None, 1),
                                split=PART_OF[subject], numbers=numbers, labels=labels, valid=valid))
+    for name in layouts.children(video_dir):  # videos that no label folder names
+        m = re.fullmatch(rf"{camera}video(sn\d{{3}})_comp\.\w+", name, re.IGNORECASE)
+        if m and m.group(1).upper() not in labelled:
+            report.skip(os.path.join(video_dir, name), f"no label file (no {os.path.basename(label_root)}/"
+                        f"{m.group(1).upper()} folder): skipped")
     return items
 
 

@@ -11,9 +11,13 @@ Each config reads its corpus as shipped (DATA.md, "Face-video corpora"), from
 | `vfhq` | `vfhq` | one folder of PNG/JPEG frames per clip (`Clip+<youtube id>+P0+...`) |
 | `mead` | `mead` | `M003/video/front/angry/level_1/001.mp4` (`view`: front by default) |
 
-VFHQ's per-clip meta files (face boxes) are not read: the detector finds the faces,
-as for the other corpora. Subject ids: the VoxCeleb2 speaker id, the CelebV-HQ and
-VFHQ YouTube id, the FaceForensics++ sequence number, the MEAD actor.
+VFHQ's per-clip meta files (face boxes) are not read (their format is not checked
+here): the faces are found by the detector, as for the other corpora, so build VFHQ
+with detection (the default; `--no-detect` would resize its whole frames). MEAD
+ships one tar per subject and view: archives (`M003.tar`, `M003/video.tar`,
+`M003/video/front.tar`, ...) are not read but reported, to be extracted first.
+Subject ids: the VoxCeleb2 speaker id, the CelebV-HQ and VFHQ YouTube id, the
+FaceForensics++ sequence number, the MEAD actor.
 
 Every video is face-cropped (the face track, smoothed) and cut into clips of
 `clip_length` frames with `clip_stride`; the last clip ends at the video's last
@@ -42,6 +46,7 @@ CORPORA = ("voxceleb2", "celebv_hq", "faceforensics", "vfhq", "mead")
 _FOLDERS = {"voxceleb2": r"voxceleb2|vox2|voxceleb", "celebv_hq": r"celebv[_-]?hq",
             "faceforensics": r"faceforensics(\+\+|pp)?|ff(\+\+|pp)", "vfhq": r"vfhq", "mead": r"mead"}
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+ARCHIVE = r".+\.(tar|tar\.gz|tgz|zip)"
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
@@ -129,8 +134,17 @@ def _vfhq(root: str, cfg: FaceVideosConfig, report: BuildReport) -> list[VideoIt
     return items
 
 
+def _report_archives(folder: str, report: BuildReport) -> None:
+    for name in layouts.children(folder):
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and re.fullmatch(ARCHIVE, name, re.IGNORECASE):
+            report.problem(path, f"an archive, not read: extract it here (e.g. tar xf {name}) to build "
+                           "the videos in it: skipped")
+
+
 def _mead(root: str, cfg: FaceVideosConfig, report: BuildReport) -> list[VideoItem]:
     items = []
+    _report_archives(root, report)  # M003.tar
     for actor in layouts.children(root):
         folder = os.path.join(root, actor)
         if not os.path.isdir(folder):
@@ -138,9 +152,11 @@ def _mead(root: str, cfg: FaceVideosConfig, report: BuildReport) -> list[VideoIt
         if not re.fullmatch(r"[MW]\d{3}", actor):
             report.problem(folder, "not an actor folder (expected M003 or W009): skipped")
             continue
-        view = os.path.join(folder, "video", cfg.view)
-        view = layouts.find_child(layouts.find_child(folder, "video", want_dir=True) or folder,
-                                  re.escape(cfg.view), want_dir=True)
+        _report_archives(folder, report)  # M003/video.tar
+        video = layouts.find_child(folder, "video", want_dir=True)
+        if video is not None:
+            _report_archives(video, report)  # M003/video/front.tar
+        view = layouts.find_child(video or folder, re.escape(cfg.view), want_dir=True)
         if view is None:
             report.problem(folder, f"no video/{cfg.view} folder: skipped")
             continue
@@ -164,6 +180,9 @@ def list_videos(manual_dir: str, cfg: FaceVideosConfig, report: BuildReport) -> 
     items = LISTERS[cfg.corpus](root, cfg, report)
     if not items:
         report.problem(root, f"no {cfg.corpus} video found in the layout of DATA.md")
+    else:
+        report.note(f"{cfg.corpus}: {len(items)} video(s) of {len({it.subject for it in items})} subject(s) "
+                    f"under {root}")
     return items
 
 
