@@ -100,17 +100,17 @@ def iter_clips(num_frames: int, clip_length: int, clip_stride: int | None = None
                spans: Sequence[tuple[int, int]] | None = None) -> Iterator[tuple[int, int]]:
     """(start, end) frame ranges of the clips of one video, 0-based, `end <= num_frames`.
 
-    Without `spans`: `clip_starts` over the whole video. With `spans`: each span is
-    cut by `clip_starts` with stride `clip_length`, and every clip takes
-    `clip_length` frames of the video from its start (so a short span's clip also
-    shows the frames after it), stopping only at the video end. A clip with
-    `end - start < clip_length` needs `pad_clip`.
+    Without `spans`: `clip_starts` over the whole video. With `spans` (minority-AU spans,
+    SPEC §3: a clip ends once 15 quiet frames follow): each span is cut by `clip_starts`
+    with stride `clip_length`, and no clip runs past its span's end. A clip with
+    `end - start < clip_length` needs `pad_clip` (its padding has `valid = 0`).
     """
     ranges = [(0, num_frames)] if spans is None else list(spans)
     stride = clip_stride if spans is None else clip_length
     for lo, hi in ranges:
+        hi = min(hi, num_frames)
         for s in clip_starts(hi - lo, clip_length, stride):
-            yield lo + s, min(lo + s + clip_length, num_frames)
+            yield lo + s, min(lo + s + clip_length, hi)
 
 
 def encode_jpeg(frame: np.ndarray, quality: int = 90) -> bytes:

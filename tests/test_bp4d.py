@@ -129,8 +129,13 @@ def test_augmentation_split(built):
     valid = np.array([[value(n, au) != 9 for au in AUS] for n in SEGMENTS[0]], np.uint8)
     valid[NO_IMAGE - 34] = 0
     spans = clips.minority_spans(labels, valid, [AUS.index(a) for a in MINORITY_AUS])
-    expected = [34 + lo + s for lo, hi in spans for s in clips.clip_starts(hi - lo, 8)]
-    assert spans and [int(e["start_frame"]) for e in aug if e["start_frame"] < 60][:len(expected)] == expected
+    expected = [(lo + s, min(lo + s + 8, hi)) for lo, hi in spans for s in clips.clip_starts(hi - lo, 8)]
+    first = [e for e in aug if e["start_frame"] < 60]  # the clips of the first coded run
+    assert spans and [int(e["start_frame"]) for e in first] == [34 + a for a, _ in expected]
+    for e, (a, b) in zip(first, expected, strict=True):  # a clip ends with its span (SPEC §3)
+        np.testing.assert_array_equal(e["valid"][:b - a], valid[a:b])
+        np.testing.assert_array_equal(e["labels"][:b - a], labels[a:b])
+        assert not e["valid"][b - a:].any()  # the padding after the span's end
 
 
 def test_report(built):

@@ -100,10 +100,11 @@ def test_minority_spans_ignore_other_columns_and_invalid_frames():
 def test_iter_clips():
     assert list(clips.iter_clips(40, 16)) == [(0, 16), (16, 32), (32, 40)]
     assert list(clips.iter_clips(40, 16, 8)) == [(0, 16), (8, 24), (16, 32), (24, 40)]
-    # span clips take clip_length frames from the span start, padded only at the video end
+    # a span's clips end with the span (SPEC §3), cut every clip_length frames
     spans = [(5, 21), (30, 70), (90, 100)]
     assert list(clips.iter_clips(100, 16, spans=spans)) == [
-        (5, 21), (30, 46), (46, 62), (62, 78), (90, 100)]
+        (5, 21), (30, 46), (46, 62), (62, 70), (90, 100)]
+    assert list(clips.iter_clips(100, 16, spans=[(40, 45)])) == [(40, 45)]
 
 
 def test_jpeg_roundtrip():
