@@ -1,14 +1,30 @@
 """Fine-tuning: per-frame head at every level, init from pre-training, resume, evaluate, crossval."""
 
+import functools
 import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from auvmae_jax import crossval, evaluation, figures, finetune, masking, pretrain
+from auvmae_jax import (
+    crossval,
+    evaluation,
+    figures,
+    finetune,
+    input_pipeline,
+    knowledge,
+    losses,
+    masking,
+    metrics,
+    pretrain,
+    sharding,
+    trainer,
+)
 from auvmae_jax.errors import UserError
 from auvmae_jax.models import AUDetector, ViTConfig
 from tests.conftest import mini_finetune_config, mini_pretrain_config
@@ -31,6 +47,25 @@ def test_head_predicts_every_frame_at_each_level(level, frames_in):
         assert visible.shape == (3, 8)  # half of the 16 positions
     params = model.init(jax.random.key(1), video, visible)
     assert model.apply(params, video, visible).shape == (3, 8, 5)  # [B, T = clip_length, N]
+    # A hand-set head on each temporal token's (pooled, normalised) features h_k: logit j * N + n
+    # of token k is AU n of frame k * r + j, r = tubelet (2) x temporal stride.
+    r = 2 * lvl.temporal_stride
+    rng = np.random.default_rng(0)
+    video = jnp.asarray(rng.normal(size=video.shape), jnp.float32)
+    kernel, bias = rng.normal(size=(32, r * 5)), 0.1 * np.arange(r * 5)
+    variables = nn.meta.unbox(params)
+    variables["params"]["head"] = {"kernel": jnp.asarray(kernel, jnp.float32),
+                                   "bias": jnp.asarray(bias, jnp.float32)}
+    out, state = model.apply(variables, video, visible, capture_intermediates=True, mutable=["intermediates"])
+    h = np.asarray(state["intermediates"]["fc_norm"]["__call__"][0], np.float64)  # [B, T/2, D]
+    assert h.shape == (3, frames_in // 2, 32)
+    expected = np.zeros((3, 8, 5))
+    for k in range(frames_in // 2):
+        for j in range(r):
+            expected[:, k * r + j] = h[:, k] @ kernel[:, j * 5:(j + 1) * 5] + bias[j * 5:(j + 1) * 5]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    if frames_in > 2:  # several tokens: their features (and so their frames' logits) differ
+        assert not np.allclose(h[:, 0], h[:, 1], atol=1e-2)
 
 
 def test_patch_level_pools_only_visible_tokens():
@@ -56,6 +91,123 @@ def test_layer_decay_multipliers():
     assert m["encoder"]["block0"]["fc1"]["kernel"] == 0.25
     assert m["encoder"]["block1"]["fc1"]["kernel"] == 0.5
     assert m["head"]["kernel"] == 1.0 and m["fc_norm"]["scale"] == 1.0
+
+
+def test_layer_decay_reaches_the_updates():
+    """Through the optimizer the trainer builds: block k's update is decay^(depth+1-(k+1)) times the
+    head's (fine-tuning's default decay 0.75)."""
+    from configs import finetune as finetune_configs
+
+    decay = finetune_configs.get_config("synthetic,video,1").optimizer.layer_decay
+    assert decay == 0.75
+    config = mini_finetune_config("unused")
+    model = finetune.build_model(config, num_classes=3)
+    video = jnp.zeros((1, 8, 32, 32, 3))
+    shapes = jax.eval_shape(lambda: nn.meta.unbox(model.init(jax.random.key(0), video)))
+    params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes["params"])
+    depth = model.cfg.depth
+    assert depth == 2
+    opt = config.optimizer
+    opt.weight_decay = 0.0
+    tx = trainer.make_optimizer(opt, optax.constant_schedule(0.01),
+                                finetune.layer_decay_multipliers(decay, depth)(params))
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    # Adam's first update of a constant gradient g is -lr * g / (|g| + eps) = -lr (float32's bias
+    # corrections: within 1e-4), the same for every entry, times the entry's multiplier.
+    head = np.asarray(updates["head"]["kernel"])
+    np.testing.assert_allclose(head, -0.01, rtol=1e-4)
+    enc = updates["encoder"]
+    for path, k in ((("block1", "fc1", "kernel"), 1), (("block0", "attn", "qkv_kernel"), 2),
+                    (("block0", "norm1", "scale"), 2), (("patch_embed", "kernel"), 3)):
+        leaf = enc
+        for key in path:
+            leaf = leaf[key]
+        np.testing.assert_allclose(leaf, head[0, 0] * decay ** k, rtol=1e-6, err_msg=str(path))
+    np.testing.assert_allclose(updates["fc_norm"]["scale"], head[0, 0], rtol=1e-6)
+
+
+class _Logits:
+    """A stand-in for the detector whose logits are its parameter `logits`: eq. 9 on logits we choose."""
+
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))
+
+    def apply(self, variables, x, visible=None, deterministic=True, rngs=None):
+        assert x.shape[-1] == 3 and visible is None
+        return variables["params"]["logits"]
+
+
+def _eq9_by_hand(z, y, v, w, k_intra, k_inter, lambdas):
+    """(total, L_cls, L_intra, L_inter) of SPEC §2 written out with loops over frames and pairs."""
+    z, y, v = (np.asarray(a, np.float64) for a in (z, y, v))
+    b, t, n = z.shape
+    bce = np.log1p(np.exp(z)) - z * y  # -log sigmoid(z) if y else -log(1 - sigmoid(z))
+    frames = [(i, f) for i in range(b) for f in range(t) if v[i, f].any()]
+    l_cls = sum((v[i, f] * w * bce[i, f]).sum() for i, f in frames) / len(frames)
+    hard, p = z > 0, 1 / (1 + np.exp(-z))
+    c = np.zeros((n, n))
+    for a in range(n):
+        for c_ in range(n):
+            both = [(i, f) for i in range(b) for f in range(t) if v[i, f, a] and v[i, f, c_]]
+            n11 = sum(hard[i, f, a] and hard[i, f, c_] for i, f in both)
+            union = sum(hard[i, f, a] or hard[i, f, c_] for i, f in both)
+            c[a, c_] = n11 / max(union, 1)
+    s = np.zeros((n, n, 16))
+    for a in range(n):
+        for c_ in range(n):
+            steps = [(i, f) for i in range(b) for f in range(t - 1)
+                     if v[i, f, a] and v[i, f, c_] and v[i, f + 1, a] and v[i, f + 1, c_]]
+            for state in range(16):
+                bits = [(state >> k) & 1 for k in range(4)]
+                terms = [np.prod([q if bit else 1 - q for q, bit in zip(
+                    (p[i, f, a], p[i, f, c_], p[i, f + 1, a], p[i, f + 1, c_]), bits)]) for i, f in steps]
+                s[a, c_, state] = np.mean(terms)
+    l_intra = np.sqrt(((k_intra - c) ** 2).sum())
+    l_inter = np.sqrt(((k_inter - s) ** 2).sum())
+    return lambdas[0] * l_cls + lambdas[1] * l_intra + lambdas[2] * l_inter, l_cls, l_intra, l_inter
+
+
+def test_finetune_loss_is_eq9_over_the_valid_frames():
+    # 2 clips of 3 frames, 2 AUs; clip 1's last frame is padding (valid = 0), AU1 unknown at clip 0, t=1.
+    z = np.array([[[2.0, -1.0], [0.5, 1.5], [-2.0, 0.3]],
+                  [[1.0, 1.0], [-0.7, 2.2], [3.0, -3.0]]], np.float32)
+    y = np.array([[[1, 0], [1, 1], [0, 1]], [[1, 0], [0, 1], [0, 0]]], np.uint8)
+    v = np.ones_like(y)
+    v[1, 2] = 0
+    v[0, 1, 1] = 0
+    priors = {"class_weights": jnp.asarray([1.5, 0.5]), "intra_prior": jnp.asarray([[1.0, 0.4], [0.4, 0.9]]),
+              "inter_prior": jnp.asarray(np.full((2, 2, 16), 1 / 16) + np.eye(16)[[3, 12]][None] / 5)}
+    lambdas = (0.7, 0.2, 0.05)
+    level = finetune.Level("video", 3, 1, 0.0)
+    loss_fn = functools.partial(finetune.finetune_loss, model=_Logits(), level=level, priors=priors,
+                                lambdas=lambdas, kind="fro")
+
+    def run(z, y):
+        batch = {"frames": jnp.zeros((2, 3, 16, 16, 3), jnp.uint8), "labels": jnp.asarray(y),
+                 "valid": jnp.asarray(v)}
+        total, aux = loss_fn({"logits": jnp.asarray(z)}, batch, jax.random.key(0))
+        return float(total), [float(aux[k]) for k in ("loss_cls", "loss_intra", "loss_inter")]
+
+    total, terms = run(z, y)
+    want = _eq9_by_hand(z, y, v, np.asarray(priors["class_weights"]), np.asarray(priors["intra_prior"]),
+                        np.asarray(priors["inter_prior"]), lambdas)
+    np.testing.assert_allclose(terms, want[1:], rtol=1e-5)
+    assert total == pytest.approx(want[0], rel=1e-5)
+    # The three terms differ, so another weighting (lambdas swapped) gives another total.
+    assert min(abs(terms[0] - terms[1]), abs(terms[1] - terms[2]), abs(terms[0] - terms[2])) > 0.05
+    assert abs(total - (lambdas[0] * terms[0] + lambdas[2] * terms[1] + lambdas[1] * terms[2])) > 1e-3
+    # The padding frame's logits and labels enter no term: not L_cls, C or S (its hard
+    # decisions flipped here would change C, and the transition into it S).
+    padded = z.copy()
+    padded[1, 2] = [-3.0, 3.0]
+    other = y.copy()
+    other[1, 2] = [1, 1]
+    total_p, terms_p = run(padded, other)
+    np.testing.assert_allclose(terms_p, terms, rtol=1e-6)
+    # ... while the same change on a valid frame does change them.
+    changed = z.copy()
+    changed[1, 1] = [0.7, 2.2]
+    assert all(abs(a - b) > 1e-3 for a, b in zip(run(changed, y)[1], terms))
 
 
 def test_clip_labels_stack_labels_and_valid_in_record_order():
@@ -110,6 +262,7 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     config.num_train_steps = 2
     config.checkpoint_every = 2
     config.data.repeats = 2  # two views of each decoded clip: labels repeated on the device
+    config.eval_batch_size = 3  # the 8 test clips in batches of 3, 3 and 2 (padded)
     _, history = finetune.train(config, str(tmp_path / "ft"))
     assert [h["step"] for h in history] == [1, 2] and np.isfinite([h["loss"] for h in history]).all()
     result = evaluation.evaluate_workdir(str(tmp_path / "ft"))
@@ -121,10 +274,46 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     assert np.isclose(saved["f1_mean"], np.mean(list(saved["f1"].values())))
     assert "| AU1 |" in (tmp_path / "ft" / "metrics.md").read_text()
 
+    # The evaluator's probabilities are the model's on each test clip (part1), in record order; the
+    # last clip's last 3 frames made padding (valid = 0), as at a video's end.
+    builder = input_pipeline.load_builder(config.data)
+    aus = finetune.aus_of(builder)
+    source = input_pipeline.data_source(builder, "part1")
+    assert len(source) == 8 and all(np.asarray(r["valid"]).all() for r in source)
+    records = [dict(r) for r in source]
+    records[7]["valid"] = np.asarray(records[7]["valid"]).copy()
+    records[7]["valid"][5:] = 0
+    model = finetune.build_model(config, len(aus))
+    params = finetune.load_checkpoint_params(str(tmp_path / "ft"))
+    evaluator = evaluation.Evaluator(model, finetune.level_settings(config), records,
+                                     finetune.sampler(config, train=False), aus, config.eval_batch_size)
+    with sharding.config_mesh(config):
+        probs, labels, valid = evaluator.predict(params)
+        padded = evaluator.evaluate(params)
+    assert probs.shape == labels.shape == (8, 8, len(aus))
+    for i in (0, 4, 7):  # in the first, second and last (padded) batch
+        clip = input_pipeline.stack_images([input_pipeline.decode_jpeg(f) for f in records[i]["frames"]])
+        direct = jax.nn.sigmoid(model.apply({"params": params}, losses.normalize_frames(clip[None])[1]))
+        np.testing.assert_allclose(probs[i], direct[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(labels[i], records[i]["labels"])
+        np.testing.assert_array_equal(valid[i], records[i]["valid"])
+    # Scores over the valid frames: the split's 64 (metrics.json), 61 without the padding.
+    assert saved["num_frames"] == 64 and padded["num_frames"] == 61
+    rescored = metrics.as_json(metrics.f1_accuracy(probs, labels, valid), aus)
+    assert padded["f1"] == pytest.approx(rescored["f1"]) and padded["acc"] == pytest.approx(rescored["acc"])
+    assert saved["f1"] == pytest.approx(metrics.as_json(metrics.f1_accuracy(probs, labels), aus)["f1"])
+
     paths = figures.priors_report(config, str(tmp_path / "ft"), pair=(6, 12))
     assert os.path.exists(paths["intra"]) and paths["inter"].endswith("inter_AU6_AU12.png")
-    for name in ("intra_prior", "inter_prior", "class_weights", "learned_intra", "learned_inter"):
-        assert os.path.exists(tmp_path / "ft" / "priors" / f"{name}.npy")
+    pri = knowledge.compute_priors(*finetune.clip_labels(input_pipeline.data_source(
+        builder, "part2+part3")).transpose(1, 0, 2, 3))
+    for name in ("intra_prior", "inter_prior", "class_weights"):
+        np.testing.assert_allclose(np.load(tmp_path / "ft" / "priors" / f"{name}.npy"), pri[name], rtol=1e-6)
+    # The learned matrices drawn beside them: those of the test clips' predictions (all valid).
+    np.testing.assert_allclose(np.load(tmp_path / "ft" / "priors" / "learned_intra.npy"),
+                               knowledge.learned_intra(probs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "ft" / "priors" / "learned_inter.npy"),
+                               knowledge.learned_inter(probs), rtol=1e-5, atol=1e-6)
 
     mean = crossval.run_folds(config, str(tmp_path / "cv"))
     with open(tmp_path / "cv" / "crossval.json") as f:
