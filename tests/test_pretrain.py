@@ -53,6 +53,56 @@ def test_pretraining_lowers_the_loss(synthetic_data_dir, tmp_path):
     assert os.path.isdir(tmp_path / "run/checkpoints/60")
 
 
+def test_unpatchify_inverts_patchify():
+    from auvmae_jax.models import patchify
+
+    # H != W (a swapped height and width would not come back) and 3 tubelets in time.
+    video = np.random.default_rng(0).normal(size=(2, 6, 16, 24, 3)).astype(np.float32)
+    tokens = np.asarray(patchify(jnp.asarray(video), tubelet=2, patch=8)).reshape(2, 3 * 2 * 3, -1)
+    np.testing.assert_array_equal(pretrain.unpatchify(tokens, (3, 2, 3), tubelet=2, patch=8), video)
+    # Token 4 = (t=0, h=1, w=1): frames 0-1, rows 8-15, columns 8-15, values ordered (t, h, w, c).
+    np.testing.assert_array_equal(tokens[0, 4].reshape(2, 8, 8, 3), video[0, 0:2, 8:16, 8:16])
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_reconstruct_with_a_perfect_prediction_gives_back_the_frames(norm_pix):
+    """`reconstruct` puts the decoder's predictions (normalised tubelets with `norm_pix`, else
+    [0, 1] pixels) back into the clip: predicting the target exactly returns the frames."""
+    from auvmae_jax import losses, masking
+    from auvmae_jax.models import ViTConfig
+
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))
+    frames = np.random.default_rng(1).integers(0, 256, (2, 4, 16, 24, 3)).astype(np.uint8)
+    key, grid = jax.random.key(7), (2, 2, 3)
+    _, masked = masking.tube_mask(key, 2, 6, 0.5)  # the masks reconstruct draws from the same key
+    ids = masking.tube_token_ids(masked, 2, 6)
+    target = losses.mae_targets(jnp.asarray(frames / 255.0, jnp.float32), 2, 8, norm_pix, ids)
+
+    class Predicts:
+        def __init__(self, pred):
+            self.cfg, self.pred = cfg, pred
+
+        def apply(self, variables, x, visible, masked_):
+            np.testing.assert_array_equal(masked_, masked)
+            return self.pred
+
+    masked_frames, recon, loss = pretrain.reconstruct(Predicts(target), {}, frames, key, 0.5, norm_pix)
+    assert loss == pytest.approx(0.0, abs=1e-10)
+    np.testing.assert_allclose(recon, frames / 255.0, atol=1e-5)
+    # The masked picture: grey (0.5) on the masked tubelets, the frames elsewhere.
+    hidden = np.zeros((2, 12, 2 * 8 * 8 * 3), bool)
+    hidden[np.arange(2)[:, None], np.asarray(ids)] = True
+    hidden = pretrain.unpatchify(hidden, grid, 2, 8)
+    assert hidden.mean() == 0.5  # 3 of the 6 positions, at both temporal indices
+    np.testing.assert_array_equal(masked_frames[hidden], 0.5)
+    np.testing.assert_allclose(masked_frames[~hidden], (frames / 255.0)[~hidden], atol=1e-6)
+    # A prediction off by 0.1 everywhere: loss 0.01, and only the masked pixels move.
+    _, recon, loss = pretrain.reconstruct(Predicts(target + 0.1), {}, frames, key, 0.5, norm_pix)
+    assert loss == pytest.approx(0.01, rel=1e-4)
+    np.testing.assert_allclose(recon[~hidden], (frames / 255.0)[~hidden], atol=1e-6)
+    assert np.abs(recon[hidden] - (frames / 255.0)[hidden]).mean() > 0.01
+
+
 def test_mae_inputs_with_decoder_masking_target_the_running_cell_tokens():
     from auvmae_jax import losses, masking
     from auvmae_jax.models import ViTConfig
@@ -111,17 +161,27 @@ def test_pretraining_on_a_weighted_mixture_of_built_datasets(tmp_path):
     from tests.conftest import TINY_SYNTHETIC
 
     data_dir = str(tmp_path / "data")
+    built = {}
     for seed in (0, 1):
-        data_builders.build_synthetic(data_dir, **dict(TINY_SYNTHETIC, seed=seed))
+        builder = data_builders.build_synthetic(data_dir, **dict(TINY_SYNTHETIC, seed=seed))
+        built[f"synthetic_faces/{builder.builder_config.name}"] = builder
     names = sorted(f"synthetic_faces/{p}" for p in os.listdir(os.path.join(data_dir, "synthetic_faces"))
                    if not p.startswith("."))
+    assert sorted(built) == names
     config = mini_pretrain_config(data_dir)
     config.data.mixture = f"{names[0]}:3,{names[1]}:1"
     config.data.mixture_split = "part1"
     source = pretrain.training_source(config.data)
-    part1 = mini_pretrain_config(data_dir)
-    part1.data.train_split = "part1"
-    assert len(source) == 2 * len(pretrain.training_source(part1.data))  # both builds' records, 3:1
+    builds = [built[n].as_data_source("part1") for n in names]
+    firsts = [{bytes(r["frames"][0]) for r in b} for b in builds]
+    assert len(builds[0]) == len(builds[1]) == 8 and not firsts[0] & firsts[1]
+    assert len(source) == 16  # both builds' records, in weights 3:1
+    drawn = collections.Counter(next(k for k in (0, 1) if bytes(r["frames"][0]) in firsts[k]) for r in source)
+    # grain interleaves the two deterministically by weight (no sampling noise): 3/4 of the 16
+    # records (12) from the first build, 4 from the second, within one record of rounding.
+    assert abs(drawn[0] - 12) <= 1 and drawn[0] + drawn[1] == 16, drawn
+    # The first build's 8 records repeat to fill its share; every record of both is in.
+    assert len({bytes(r["frames"][0]) for r in source} & firsts[0]) == 8
     config.num_train_steps = 2
     _, history = pretrain.train(config, str(tmp_path / "w"))
     assert history[-1]["step"] == 2 and np.isfinite(history[-1]["loss"])
