@@ -38,8 +38,26 @@ def builds(tmp_path_factory):
     return out
 
 
-def test_builds_without_tensorflow(builds):
+def test_builds_without_tensorflow(builds, tmp_path):
     assert "tensorflow" not in sys.modules
+    # TensorFlow is not installed here, so a try-import of it would go unnoticed: build and read back
+    # in a process where `import tensorflow` raises an error no `except ImportError` swallows.
+    fake = tmp_path / "fake" / "tensorflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('raise RuntimeError("TENSORFLOW-IMPORTED")\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / "fake"), root,
+                                                       os.environ.get("PYTHONPATH", "")]))
+    probe = subprocess.run([sys.executable, "-c", "import tensorflow"], env=env, capture_output=True,
+                           text=True)
+    assert probe.returncode != 0 and "TENSORFLOW-IMPORTED" in probe.stderr  # the fake is what imports
+    small = dict(TINY, num_subjects=3, videos_per_subject=1)
+    code = ("import data_builders\n"
+            f"b = data_builders.build_synthetic({str(tmp_path / 'data')!r}, **{small!r})\n"
+            "r = b.as_data_source('part1')[0]\nprint('RECORD', len(r['frames']), r['labels'].shape)")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "TENSORFLOW-IMPORTED" not in proc.stderr, proc.stderr[-3000:]
+    assert "RECORD 16 (16, " in proc.stdout
 
 
 def test_same_config_same_bytes(builds):

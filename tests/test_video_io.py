@@ -35,13 +35,42 @@ def test_decodes_every_frame_with_timestamps(tmp_path, ext, codec):
     np.testing.assert_allclose(levels, 10 + 6 * np.arange(30), atol=4.5)  # a shift by one is 6
 
 
-def test_decoding_is_streamed(tmp_path):
+def test_decoding_is_streamed(tmp_path, monkeypatch):
     path = tmp_path / "v.mp4"
     video_io.write_video(path, _frames(10), fps=10)
+    decoded, opened = [], []
+
+    class Counting:
+        """PyAV's container, counting the frames its decoder hands out."""
+
+        def __init__(self, container):
+            self._container, self.closed = container, False
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def decode(self, *args, **kwargs):
+            for frame in self._container.decode(*args, **kwargs):
+                decoded.append(frame.pts)
+                yield frame
+
+        def close(self):
+            self.closed = True
+            self._container.close()
+
+    real_open = video_io.av.open
+
+    def counting_open(*args, **kwargs):
+        opened.append(Counting(real_open(*args, **kwargs)))
+        return opened[-1]
+
+    monkeypatch.setattr(video_io.av, "open", counting_open)
     it = video_io.iter_frames(path)
     first = next(it)
-    assert first.index == 0
+    assert first.index == 0 and len(decoded) == 1  # one frame decoded when the first is yielded
+    assert next(it).index == 1 and len(decoded) == 2
     it.close()  # stopping early closes the file without decoding the rest
+    assert opened[0].closed and len(decoded) == 2
 
 
 def test_truncated_file_yields_the_frames_that_decode(tmp_path, caplog):
