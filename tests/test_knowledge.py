@@ -233,6 +233,48 @@ def test_gradients_through_sigmoid_are_finite_and_nonzero():
             assert np.all(np.isfinite(g)) and np.any(np.abs(g) > 0)
 
 
+def test_straight_through_gradient_is_the_soft_formulas_at_the_hard_decisions():
+    # One AU, 3 frames, p = (0.9, 0.2, 0.7): forward on P = [p > 0.5] = (1, 0, 1), so
+    # C = sum P^2 / (M - sum (1-P)^2) = 2 / (3 - 1) = 1. Backward as if P were p (dP/dp = 1):
+    # dC/dP_m = 2 P_m / den - num * 2 (1 - P_m) / den^2 = P_m - (1 - P_m) = 2 P_m - 1 -> (1, -1, 1).
+    # With K = 0.5: L = |K - C| (fro) or (K - C)^2 (mse), dL/dC = 1 either way.
+    p = jnp.asarray([[0.9], [0.2], [0.7]])
+    z = jnp.log(p / (1 - p))
+    for kind in ("fro", "mse"):
+        g = jax.grad(lambda p, kind=kind: kn.intra_loss(np.array([[0.5]]), kn.learned_intra(p), kind))(p)
+        np.testing.assert_allclose(g, [[1.0], [-1.0], [1.0]], rtol=1e-6)
+        # Through the sigmoid: times p (1 - p).
+        gz = jax.grad(lambda z, kind=kind: kn.intra_loss(np.array([[0.5]]),
+                                                         kn.learned_intra(jax.nn.sigmoid(z)), kind))(z)
+        np.testing.assert_allclose(gz, np.array([[1.0], [-1.0], [1.0]]) * p * (1 - p), rtol=1e-5)
+    # Several AUs: the gradient of the soft formula C(P) (written here in NumPy terms) at P = hard.
+    logits = jax.random.normal(jax.random.PRNGKey(0), (10, 3)) * 2
+    k_intra = jnp.asarray(kn.intra_prior(LABELS, VALID))
+
+    def soft(q):
+        return (q.T @ q) / jnp.maximum(q.shape[0] - (1 - q).T @ (1 - q), 1.0)
+
+    hard = (jax.nn.sigmoid(logits) > 0.5).astype(jnp.float32)
+    g_soft = jax.grad(lambda q: kn.intra_loss(k_intra, soft(q)))(hard)
+    g_st = jax.grad(lambda z: kn.intra_loss(k_intra, kn.learned_intra(jax.nn.sigmoid(z))))(logits)
+    s = jax.nn.sigmoid(logits)
+    np.testing.assert_allclose(g_st, g_soft * s * (1 - s), rtol=1e-5, atol=1e-7)
+    assert np.abs(g_st).min() > 0
+
+
+def test_inter_gradient_is_the_soft_products():
+    # S[0, 0, s] over one transition of one AU, p(t) = a, p(t+1) = b, is D0(a) D1(a) D2(b) D3(b):
+    # s = 15: a^2 b^2; s = 0: (1-a)^2 (1-b)^2; s = 5 (bits 1, 0, 1, 0): a (1-a) b (1-b).
+    a, b = 0.8, 0.3
+    p = jnp.asarray([[[a], [b]]])
+    cases = {15: [2 * a * b**2, 2 * a**2 * b],
+             0: [-2 * (1 - a) * (1 - b)**2, -2 * (1 - a)**2 * (1 - b)],
+             5: [(1 - 2 * a) * b * (1 - b), a * (1 - a) * (1 - 2 * b)]}
+    for state, want in cases.items():
+        g = jax.grad(lambda p, s=state: kn.learned_inter(p)[0, 0, s])(p)
+        np.testing.assert_allclose(np.asarray(g).ravel(), want, rtol=1e-5)
+
+
 def test_compute_save_load_priors(tmp_path):
     frames = np.concatenate([CLIP_A, CLIP_B, CLIP_C])
     pri = kn.compute_priors(frames, clip_lengths=[3, 2, 3])
