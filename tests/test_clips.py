@@ -1,5 +1,6 @@
 """Clip cutting, padding, minority spans (SPEC §3) and subject parts, on hand-worked examples."""
 
+import collections
 import hashlib
 
 import numpy as np
@@ -117,11 +118,14 @@ def test_jpeg_roundtrip():
 
 
 def test_part_of_subject_is_a_stable_hash():
-    for sid in ["S001", "S002", "F001", "SN010"]:
-        h = int.from_bytes(hashlib.sha256(sid.encode()).digest()[:8], "big")
-        assert clips.part_of_subject(sid) == f"part{h % 3 + 1}"
-    assert [clips.part_of_subject(f"S{i:03d}") for i in range(1, 7)] == [
-        clips.part_of_subject(f"S{i:03d}") for i in range(1, 7)]
+    # The first 8 bytes of sha256(id), big-endian, mod 3 -> part 1 + that (worked out once by hand):
+    # S001 c5e0e70cb9001fc3 = 14258650462084407235 = 1 (mod 3); S002 c842f8af9e829462 = 2;
+    # S003 f598aee2eda0ebd4 = 0; F001 5f5a1e4fe85beeae = 0; SN010 2adb8a38ac9783e3 = 2. (Mod 3 the
+    # byte order would not matter, 256 = 1 mod 3; the number of bytes and the hash do.)
+    expected = {"S001": "part2", "S002": "part3", "S003": "part1", "F001": "part1", "SN010": "part3"}
+    assert hashlib.sha256(b"S001").digest()[:8].hex() == "c5e0e70cb9001fc3"
+    assert 0xc5e0e70cb9001fc3 == 14258650462084407235 and 14258650462084407235 % 3 == 1
+    assert {sid: clips.part_of_subject(sid) for sid in expected} == expected
 
 
 @pytest.mark.parametrize("n", range(1, 13))
@@ -136,8 +140,16 @@ def test_assign_parts_fills_every_part(n):
 def test_assign_parts_uses_hash_when_it_fills_all_parts():
     ids = [f"S{i + 1:03d}" for i in range(24)]
     parts = clips.assign_parts(ids)
-    if {clips.part_of_subject(s) for s in ids} == set(clips.PARTS):
-        assert parts == {s: clips.part_of_subject(s) for s in ids}
+    by_hash = {s: clips.part_of_subject(s) for s in ids}
+    # These 24 ids fill all three parts by their hash (12, 6 and 6): the hash is kept as it is.
+    assert collections.Counter(by_hash.values()) == {"part1": 6, "part2": 12, "part3": 6}
+    assert parts == by_hash
+    # S001, S005 and S008 all hash to part2: dealt round-robin in the order of their hashes instead
+    # (S005 0x09fd... < S008 0x7072... < S001 0xc5e0...).
+    assert {clips.part_of_subject(s) for s in ("S001", "S005", "S008")} == {"part2"}
+    assert clips.assign_parts(["S001", "S005", "S008"]) == {"S005": "part1", "S008": "part2", "S001": "part3"}
+    # One part empty is enough: S001, S002 (part3), S005 leave part1 empty (S005 < S001 < S002 by hash).
+    assert clips.assign_parts(["S002", "S001", "S005"]) == {"S005": "part1", "S001": "part2", "S002": "part3"}
 
 
 def test_au_clip_features_schema():
