@@ -51,18 +51,37 @@ def test_labels_past_the_clip_end_are_invalid():
 
 
 def test_train_sampling_random_start_crop_and_flip():
-    rec = _record(half=True)
-    sampler = ClipSampler(num_frames=4, temporal_stride=1, image_size=16, train=True,
-                          crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0))
-    starts, flips = set(), set()
+    rec = _record(half=True)  # 32 px frames, right half green
+    # Frames stored at image_size: the sampler draws the box, the device cuts it (augment).
+    sampler = ClipSampler(num_frames=4, temporal_stride=1, image_size=32, train=True,
+                          crop_scale=(0.3, 0.6), crop_ratio=(3 / 4, 4 / 3))
+    starts, flips, boxes, areas, ratios = set(), set(), set(), [], []
     for seed in range(40):
         out = sampler(rec, np.random.default_rng(seed))
         red = out["frames"][:, 8, 8, 0].astype(int)
         np.testing.assert_allclose(np.diff(red), 10, atol=4)  # consecutive frames
         starts.add(int(round(red[0] / 10)))
-        flips.add(bool(out["frames"][0, 8, 1, 1] > 128))  # green on the left = flipped
+        x0, y0, x1, y1 = (float(c) for c in out["crop"])
+        flips.add(x0 > x1)  # a mirrored box
+        boxes.add((x0, y0, x1, y1))
+        w, h = abs(x1 - x0), y1 - y0
+        assert 0 <= min(x0, x1) and max(x0, x1) <= 32 and 0 <= y0 < y1 <= 32
+        # Width and height are sqrt(area * ratio) and sqrt(area / ratio) rounded to whole pixels.
+        assert (w + 0.5) * (h + 0.5) >= 0.3 * 32 * 32 and (w - 0.5) * (h - 0.5) <= 0.6 * 32 * 32, (w, h)
+        assert (w + 0.5) / (h - 0.5) >= 3 / 4 and (w - 0.5) / (h + 0.5) <= 4 / 3, (w, h)
+        areas.append(w * h / 32 / 32)
+        ratios.append(w / h)
+        # On the device: output column c samples source x0 + (c + 0.5) (x1 - x0) / 32; green iff >= 16.
+        crop = np.asarray(augment.resized_crop(jnp.asarray(out["frames"][None]),
+                                               jnp.asarray(out["crop"][None])))
+        for c in range(32):
+            x = x0 + (c + 0.5) * (x1 - x0) / 32
+            if abs(x - 16) > 2:
+                assert (crop[0, 0, 16, c, 1] > 128) == (x > 16), (c, x, x0, x1)
     assert len(starts) > 5 and max(starts) <= 12
-    assert flips == {True, False}
+    assert flips == {True, False} and len(boxes) == 40  # a box of its own per draw, anywhere in the frame
+    assert len({min(b[0], b[2]) for b in boxes}) > 5 and len({b[1] for b in boxes}) > 5
+    assert min(areas) < 0.4 and max(areas) > 0.5 and min(ratios) < 0.9 and max(ratios) > 1.1
 
 
 def test_crop_box_stays_inside_and_respects_scale():
