@@ -1,6 +1,7 @@
 """The shared loop on a toy task: optimizer recipe, accumulation, NaN stop and resume."""
 
 import functools
+import os
 
 import flax.linen as nn
 import grain
@@ -46,10 +47,11 @@ def _config(**overrides):
     return config
 
 
-def _task(records):
+def _task(records, steps_per_epoch=1, lr_multipliers=None):
     data = grain.MapDataset.source(records).repeat().batch(4).to_iter_dataset()
     return lambda workdir: trainer.Task(model=Linear(), init_inputs=(jnp.zeros((1, 3)),),
-                                        loss_fn=_squared_error, train_data=data, steps_per_epoch=1)
+                                        loss_fn=_squared_error, train_data=data,
+                                        steps_per_epoch=steps_per_epoch, lr_multipliers=lr_multipliers)
 
 
 def _records(n=64, nan_at=None):
@@ -71,6 +73,53 @@ def test_schedule_warmup_peak_and_cosine():
     assert np.isclose(sched(20), peak)
     assert np.isclose(sched(60), peak / 2, rtol=1e-5)  # half-way through the cosine
     assert np.isclose(sched(100), 0.0, atol=1e-12)
+
+
+def test_schedule_warmup_steps_override_epochs_and_clamp_to_the_run():
+    opt = common.optimizer_config(base_lr=0.5)  # peak 0.5 at batch 256
+    opt.min_lr, opt.warmup_epochs = 0.01, 2
+    opt.warmup_steps = 5  # >= 0: 5 steps, not 2 epochs x 10 steps
+    sched = trainer.learning_rate_schedule(opt, batch_size=256, num_steps=100, steps_per_epoch=10)
+    assert float(sched(1)) == pytest.approx(0.1) and float(sched(5)) == pytest.approx(0.5)
+    assert float(sched(100)) == pytest.approx(0.01)  # cosine down to min_lr
+    # 40 warm-up epochs of 10 steps outlast a 50-step run: the warm-up ends at its last step.
+    opt.warmup_steps, opt.warmup_epochs = -1, 40
+    sched = trainer.learning_rate_schedule(opt, batch_size=256, num_steps=50, steps_per_epoch=10)
+    assert float(sched(0)) == 0.0 and float(sched(49)) == pytest.approx(0.5)
+    assert float(sched(48)) == pytest.approx(0.5 * 48 / 49)
+    # A one-step run trains at the peak rate, not at the warm-up's 0.
+    assert float(trainer.learning_rate_schedule(opt, 256, 1, 10)(0)) == pytest.approx(0.5)
+
+
+def test_total_steps_from_epochs_unless_steps_are_given():
+    assert trainer.total_steps(_config(num_train_steps=-1, num_epochs=2.5), steps_per_epoch=8) == 20
+    assert trainer.total_steps(_config(num_train_steps=7, num_epochs=2.5), steps_per_epoch=8) == 7
+
+
+def _adam_first_moment(opt_state):
+    states = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+              if isinstance(s, optax.ScaleByAdamState)]
+    assert len(states) == 1
+    return states[0].mu
+
+
+def test_gradient_clipping_caps_the_global_norm():
+    params = {"kernel": jnp.zeros((3, 1)), "bias": jnp.zeros((1,))}
+    big = {"kernel": jnp.asarray([[3.0], [0.0], [4.0]]), "bias": jnp.asarray([12.0])}  # global norm 13
+    opt = common.optimizer_config(base_lr=1.0)
+    opt.b1, opt.grad_clip = 0.0, 2.0  # b1 = 0: Adam's first moment is the gradient it is handed
+
+    def handed(opt, grads):
+        tx = trainer.make_optimizer(opt, optax.constant_schedule(0.1))
+        return _adam_first_moment(tx.update(grads, tx.init(params), params)[1])
+
+    clipped = handed(opt, big)
+    assert float(optax.tree.norm(clipped)) == pytest.approx(2.0)  # the clip, when exceeded
+    jax.tree.map(lambda c, g: np.testing.assert_allclose(c, g * 2 / 13, rtol=1e-6), clipped, big)
+    small = jax.tree.map(lambda g: g / 13, big)  # norm 1 < 2: untouched
+    jax.tree.map(lambda c, g: np.testing.assert_allclose(c, g, rtol=1e-6), handed(opt, small), small)
+    opt.grad_clip = 0.0  # off
+    jax.tree.map(lambda c, g: np.testing.assert_allclose(c, g, rtol=1e-6), handed(opt, big), big)
 
 
 def test_weight_decay_on_every_weight_matrix_of_videomae():
@@ -101,6 +150,20 @@ def test_loop_fits_a_linear_model(tmp_path):
                              _task(_records()))
     assert history[-1]["loss"] < 1e-3 * history[0]["loss"]
     assert history[-1]["step"] == 150 and history[0]["steps_per_sec"] > 0
+
+
+def test_epochs_decide_the_steps_and_the_last_checkpoints_are_kept(tmp_path):
+    config = _config(num_train_steps=-1, num_epochs=2.5, checkpoint_every=1, keep_checkpoints=2)
+    state, history = trainer.run(config, str(tmp_path), _task(_records(), steps_per_epoch=2))
+    assert int(state.step) == 5 and [h["step"] for h in history] == [1, 2, 3, 4, 5]
+    assert sorted(os.listdir(tmp_path / "checkpoints"), key=int) == ["4", "5"]  # 1-3 pruned
+
+
+def test_run_applies_the_tasks_lr_multipliers(tmp_path):
+    state, _ = trainer.run(_config(num_train_steps=3), str(tmp_path),
+                           _task(_records(), lr_multipliers=lambda p: {"kernel": 0.0, "bias": 1.0}))
+    np.testing.assert_array_equal(state.params["kernel"], np.ones((3, 1)))  # frozen by a 0 multiplier
+    assert abs(float(state.params["bias"][0])) > 0.1  # lr 0.2: moved from 0 towards 0.3
 
 
 def test_gradient_accumulation_equals_one_big_batch():
