@@ -322,6 +322,36 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     assert np.isclose(mean["f1_mean"], np.mean([r["f1_mean"] for r in saved["folds"]]))
 
 
+def test_ablation_rows_zero_the_right_lambdas(synthetic_data_dir, tmp_path, monkeypatch):
+    """Table 3's rows, each a 3-fold cross-validation: the training itself replaced by a recorder."""
+    config = mini_finetune_config(synthetic_data_dir)
+    config.loss.l_cls, config.loss.l_intra, config.loss.l_inter = 0.9, 0.02, 0.03  # told apart
+    aus = finetune.aus_of(input_pipeline.load_builder(config.data))
+    trained = []
+
+    def fake_train(cfg, workdir):
+        trained.append((os.path.relpath(workdir, tmp_path), cfg.fold, cfg.loss.l_cls, cfg.loss.l_intra,
+                        cfg.loss.l_inter))
+
+    def fake_evaluate(workdir):
+        rng = np.random.default_rng(len(trained))
+        return metrics.as_json(metrics.f1_accuracy(rng.random((4, 8, len(aus))),
+                                                   rng.integers(0, 2, (4, 8, len(aus)))), aus)
+
+    monkeypatch.setattr(finetune, "train", fake_train)
+    monkeypatch.setattr(evaluation, "evaluate_workdir", fake_evaluate)
+    rows = crossval.run_ablation(config, str(tmp_path))
+    lambdas = {"baseline": (0.9, 0.0, 0.0), "intra": (0.9, 0.02, 0.0), "inter": (0.9, 0.0, 0.03),
+               "all": (0.9, 0.02, 0.03)}
+    assert trained == [(f"{row}/fold{k}", k, *lam) for row, lam in lambdas.items() for k in (1, 2, 3)]
+    assert list(rows) == ["baseline", "+intra", "+inter", "+all"]
+    assert (config.loss.l_intra, config.loss.l_inter, config.fold) == (0.02, 0.03, 1)  # left as it was
+    with open(tmp_path / "ablation.json") as f:
+        assert json.load(f) == rows
+    with open(tmp_path / "intra" / "crossval.json") as f:
+        assert json.load(f)["mean"] == rows["+intra"]
+
+
 def test_short_finetune_beats_all_positive_baseline_on_held_out_subjects(tmp_path):
     """Many small synthetic identities, the mini model from scratch: ~1 min on 2 CPU cores.
 
