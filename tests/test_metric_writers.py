@@ -1,0 +1,37 @@
+"""Console metrics and the progress reporter's steps/s and ETA, on a fake clock."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from auvmae_jax import metric_writers
+
+
+def test_console_writer_formats_scalars_sorted(caplog):
+    writer = metric_writers.ConsoleWriter()
+    with caplog.at_level(logging.INFO, logger="auvmae"):
+        writer.write_scalars(7, {"loss": 0.123456, "lr": 12345.6, "grad_norm": np.float32(2.0)})
+        writer.write_images(7, {"recon": np.zeros((10, 20, 3), np.uint8)})
+    # 4 significant digits; from 1e4 on, 4 decimals in scientific notation.
+    assert caplog.messages == ["[7] grad_norm=2, loss=0.1235, lr=1.2346e+04", "[7] images: recon (10, 20, 3)"]
+
+
+def test_progress_reporter_rate_and_eta_on_a_fake_clock(monkeypatch, caplog):
+    clock = iter([100.0, 105.0, 106.0, 107.0, 107.0])
+    monkeypatch.setattr(metric_writers.time, "perf_counter", lambda: next(clock))
+    progress = metric_writers.ProgressReporter(num_steps=100, first_step=10)  # t = 100 s at step 10
+    with caplog.at_level(logging.INFO, logger="auvmae"):
+        assert progress(20) == {"steps_per_sec": pytest.approx(2.0)}  # 10 steps in 5 s
+        assert progress(30) == {"steps_per_sec": pytest.approx(10.0)}  # rate since the last report
+        assert progress(31) == {"steps_per_sec": pytest.approx(1.0)}
+        assert np.isfinite(progress(32)["steps_per_sec"])  # no time passed: no division by zero
+    # ETA = steps left / rate: 80 / 2 = 40 s, 70 / 10 = 7 s, 69 / 1 = 69 s.
+    assert caplog.messages[:3] == ["step 20/100, 2.00 steps/s, ETA 0h00m40s",
+                                   "step 30/100, 10.00 steps/s, ETA 0h00m07s",
+                                   "step 31/100, 1.00 steps/s, ETA 0h01m09s"]
+
+
+def test_duration_text():
+    assert metric_writers._duration(3723.9) == "1h02m03s"
+    assert metric_writers._duration(float("nan")) == "?"
