@@ -9,14 +9,14 @@ it takes `builder.as_data_source(split)`.
 
 from __future__ import annotations
 
-import glob
 import math
-import os
 import re
 from collections.abc import Sequence
 
 import grain
+from etils import epath
 
+from auvmae_jax import paths
 from auvmae_jax.errors import UserError
 
 
@@ -66,29 +66,31 @@ def built_builder(name: str, data_dir: str):
     """
     import tensorflow_datasets as tfds
 
-    if os.path.isfile(os.path.join(name, "dataset_info.json")):
-        return tfds.builder_from_directory(name)
-    root = os.path.expanduser(data_dir)
-    folder = name if os.path.isdir(name) else os.path.join(root, name)
+    given = epath.Path(paths.resolve(name))  # a builder directory (local or gs://), or a name
+    if (given / "dataset_info.json").exists():
+        return tfds.builder_from_directory(str(given))
+    root = epath.Path(paths.resolve(data_dir))
+    is_dir = given.is_dir()
+    folder = given if is_dir else root / name
     versions = _versions(folder)
-    if not versions and not os.path.isdir(name):
-        variants = sorted(c for c in glob.glob(folder + "_*" if "/" in name else os.path.join(folder, "*"))
-                          if _versions(c))
+    if not versions and not is_dir:
+        candidates = folder.parent.glob(folder.name + "_*") if "/" in name else folder.glob("*")
+        variants = sorted((c for c in candidates if _versions(c)), key=str)
         if len(variants) > 1:
-            raise UserError(f"dataset {name!r}: several builds in {data_dir}: "
-                            f"{', '.join(os.path.relpath(c, root) for c in variants)} (set data.name to one)")
+            names = ", ".join(str(c)[len(str(root)) + 1:] for c in variants)
+            raise UserError(f"dataset {name!r}: several builds in {data_dir}: {names} (set data.name to one)")
         versions = _versions(variants[0]) if variants else []
     if not versions:
         raise UserError(f"dataset {name!r} is not built in {data_dir}: run `auvmae build-data`")
-    return tfds.builder_from_directory(os.path.dirname(versions[-1]))
+    return tfds.builder_from_directory(str(versions[-1].parent))
 
 
-def _versions(folder: str) -> list[str]:
+def _versions(folder: epath.Path) -> list[epath.Path]:
     """`folder/<version>/dataset_info.json` files, oldest version first."""
-    def version(path: str) -> list[int]:
-        return [int(x) for x in re.findall(r"\d+", os.path.basename(os.path.dirname(path)))]
+    def version(path: epath.Path) -> list[int]:
+        return [int(x) for x in re.findall(r"\d+", path.parent.name)]
 
-    return sorted(glob.glob(os.path.join(folder, "*", "dataset_info.json")), key=version)
+    return sorted(folder.glob("*/dataset_info.json"), key=version)
 
 
 def load_mixture(spec: str, data_dir: str, split: str = "train",

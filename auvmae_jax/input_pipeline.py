@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
-import os
 from typing import Any
 
 import grain
 import jax
 import numpy as np
+from etils import epath
 from PIL import Image
 
-from auvmae_jax import data_mixture
+from auvmae_jax import data_mixture, paths
 from auvmae_jax.errors import UserError
 
 log = logging.getLogger("auvmae")
@@ -39,12 +39,12 @@ def load_builder(data_cfg: Any):
     import tensorflow_datasets as tfds
 
     tfds.disable_progress_bar()
-    data_dir = os.path.expanduser(data_cfg.data_dir)
+    data_dir = paths.resolve(data_cfg.data_dir)  # local (`~` expanded) or gs://
     if data_cfg.name == "synthetic_faces":
         import data_builders
 
         return data_builders.build_synthetic(data_dir, **dict(data_cfg.synthetic))
-    if os.path.isdir(data_cfg.name):
+    if epath.Path(paths.resolve(data_cfg.name)).is_dir():  # a prepared builder directory
         return tfds.builder_from_directory(data_cfg.name)
     if "/" in data_cfg.name:  # 'builder/config', or a variant of it built with options: not registered
         return data_mixture.built_builder(data_cfg.name, data_dir)

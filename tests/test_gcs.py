@@ -22,7 +22,7 @@ BUILD_SCRIPT = r"""
 import json, os, sys
 import numpy as np
 import data_builders
-from auvmae_jax import input_pipeline
+from auvmae_jax import data_mixture, input_pipeline
 from etils import epath
 
 synthetic, local_dir = json.loads(sys.argv[1]), sys.argv[2]
@@ -40,8 +40,15 @@ sampler = input_pipeline.ClipSampler(num_frames=4, temporal_stride=1, image_size
                                      with_labels=True)
 batch = next(iter(input_pipeline.make_dataset(input_pipeline.data_source(again, "part2"), sampler,
                                               batch_size=4, seed=0)))
+# `builder/config` names and mixtures of builds in the bucket (data.name, data.mixture)
+name = str(again.data_dir)[len("gs://bucket/tfds/"):].rsplit("/", 1)[0]
+by_name = data_mixture.built_builder(name, "gs://bucket/tfds")
+by_builder = data_mixture.built_builder("synthetic_faces", "gs://bucket/tfds")  # its one build
+mixture = data_mixture.load_mixture(f"{name}:3,{name}:1", "gs://bucket/tfds", split="part1")
 print("RESULT " + json.dumps({"data_dir": str(again.data_dir), "files": files, "same": same,
-                              "batch": list(batch["frames"].shape)}))
+                              "batch": list(batch["frames"].shape),
+                              "found": [str(by_name.data_dir), str(by_builder.data_dir)],
+                              "mixture": [len(mixture), 2 * len(input_pipeline.data_source(again, "part1"))]}))
 """
 
 
@@ -151,6 +158,8 @@ def test_build_into_a_bucket_is_staged_uploaded_and_read_back(tmp_path):
     assert "synthetic_faces-part1.array_record-00000-of-00001" in out["files"]
     assert len(out["same"]) > 4 and all(out["same"])  # every clip of two splits, byte for byte
     assert out["batch"] == [4, 4, 32, 32, 3]
+    assert out["found"] == [out["data_dir"]] * 2
+    assert out["mixture"][0] == out["mixture"][1]  # two sources' worth of records, from the bucket
     assert os.listdir(tmp_path) == ["local"]  # the staging folder is gone
 
 
