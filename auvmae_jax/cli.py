@@ -14,7 +14,7 @@ import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
-from auvmae_jax.errors import UserError
+from auvmae_jax.errors import Preempted, UserError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/pretrain.py:B", lock_config=True)
@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+    except Preempted as e:  # saved; the same command continues (launch/ requeues on this code)
+        print(f"auvmae {command}: {_one_line(e)}", file=sys.stderr)
+        return Preempted.EXIT_CODE
     return 0
 
 

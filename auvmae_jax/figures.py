@@ -115,9 +115,10 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
             input_pipeline.data_source(builder, test_split), finetune.sampler(config, train=False), aus,
             config.eval_batch_size, config.seed)
         with sharding.config_mesh(config):
-            probs, _, _ = evaluator.predict(params)  # this process's clips
-        learned_intra = np.asarray(knowledge.learned_intra(probs))
-        learned_inter = np.asarray(knowledge.learned_inter(probs))
+            probs, _, valid = evaluator.predict(params)  # this process's clips
+        # over the valid labels, as in training and as the priors (padding frames left out)
+        learned_intra = np.asarray(knowledge.learned_intra(probs, valid))
+        learned_inter = np.asarray(knowledge.learned_inter(probs, valid))
         paths.save_npy(paths.join(workdir, "priors", "learned_intra.npy"), learned_intra)
         paths.save_npy(paths.join(workdir, "priors", "learned_inter.npy"), learned_inter)
     out = {}

@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from auvmae_jax import distributed, metric_writers, paths, sharding
-from auvmae_jax.errors import UserError
+from auvmae_jax.errors import Preempted, UserError
 
 log = logging.getLogger("auvmae")
 
@@ -300,7 +300,9 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
 
     Runs to `config.num_train_steps` (or `num_epochs`). Returns the final state and
     the logged metrics (`[{'step': s, ...}]`). `hooks(step, state)` run after every
-    step (tests use them to interrupt a run).
+    step (tests use them to interrupt a run). A SIGTERM saves a checkpoint at the next
+    step and raises `Preempted` (carrying the state and metrics so far), so that no
+    caller goes on as if the run had finished.
     """
     distributed.initialize()  # several processes: join them before any backend starts
     workdir = prepare_workdir(workdir, config)  # fail early, before any data is read
@@ -341,6 +343,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         if first == 0 and jax.process_index() == 0:
             writer.write_hparams(_flat(config.to_dict()))
         progress = metric_writers.ProgressReporter(num_steps, first)
+        stopped_at = None
         pending: list[dict] = []
         data_state = None
         prefetch = _device_prefetch(data_iter, batch_sharding, config.prefetch_to_device)
@@ -368,11 +371,15 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                     for hook in hooks:
                         hook(step, state)
                     if stop:
+                        stopped_at = step
                         break
         finally:
             manager.wait_until_finished()
             writer.flush()
     log.info("checkpoints: %s", os.path.join(workdir, "checkpoints"))
+    if stopped_at is not None and stopped_at < num_steps:
+        raise Preempted(f"stopped on SIGTERM at step {stopped_at} of {num_steps} after saving a checkpoint "
+                        f"in {workdir}; run the same command again to continue", state, history)
     return state, history
 
 

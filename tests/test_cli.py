@@ -117,6 +117,25 @@ def test_unwritable_workdir_is_a_clear_error(synthetic_data_dir, tmp_path):
     assert f"workdir {blocker}/run is not writable" in _error_line(err)
 
 
+def test_preempted_finetune_exits_75_without_evaluating(monkeypatch, tmp_path, capsys):
+    # A SIGTERM'd run (trainer.run raises Preempted after saving) must not be scored as if it had
+    # finished; the exit code (EX_TEMPFAIL) is what launch/gpu_multinode.sbatch requeues on.
+    from auvmae_jax import evaluation, finetune
+    from auvmae_jax.errors import Preempted
+
+    def stopped(config, workdir):
+        raise Preempted(f"stopped on SIGTERM at step 3 of 6 after saving a checkpoint in {workdir}")
+
+    evaluated = []
+    monkeypatch.setattr(finetune, "train", stopped)
+    monkeypatch.setattr(evaluation, "evaluate_workdir", lambda *a: evaluated.append(a))
+    rc = cli.main(["auvmae", "finetune", "--config=configs/finetune.py:synthetic,video,1",
+                   f"--workdir={tmp_path}"])
+    assert rc == 75 and evaluated == []
+    assert capsys.readouterr().err.strip() == (
+        f"auvmae finetune: stopped on SIGTERM at step 3 of 6 after saving a checkpoint in {tmp_path}")
+
+
 def test_command_help_lists_the_flags():
     rc, out, err = _auvmae("predict", "--help")
     assert rc == 0, err

@@ -30,6 +30,7 @@ sigterm_step = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 import jax
 from jax.experimental import multihost_utils
 from auvmae_jax import pretrain, sharding, trainer
+from auvmae_jax.errors import Preempted
 from tests.conftest import mini_pretrain_config
 
 config = mini_pretrain_config(data_dir)
@@ -73,7 +74,10 @@ def hook(step, state):
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(3)  # the processes agree on a stop step in the background
 
-state, history = trainer.run(config, workdir, make_task, hooks=(hook,))
+try:
+    state, history = trainer.run(config, workdir, make_task, hooks=(hook,))
+except Preempted as stopped:  # saved; the relaunch continues
+    state, history = stopped.state, stopped.history
 pid = jax.process_index()
 out = {"process": pid, "processes": jax.process_count(), "devices": jax.device_count(),
        "local_devices": jax.local_device_count(), "steps": [h["step"] for h in history],

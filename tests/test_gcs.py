@@ -48,7 +48,8 @@ mixture = data_mixture.load_mixture(f"{name}:3,{name}:1", "gs://bucket/tfds", sp
 print("RESULT " + json.dumps({"data_dir": str(again.data_dir), "files": files, "same": same,
                               "batch": list(batch["frames"].shape),
                               "found": [str(by_name.data_dir), str(by_builder.data_dir)],
-                              "mixture": [len(mixture), 2 * len(input_pipeline.data_source(again, "part1"))]}))
+                              "mixture": [len(mixture), 2 * len(input_pipeline.data_source(again, "part1"))],
+                              }))
 """
 
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from auvmae_jax import trainer
-from auvmae_jax.errors import UserError
+from auvmae_jax.errors import Preempted, UserError
 from configs import common
 
 
@@ -212,8 +212,10 @@ def test_sigterm_saves_and_the_relaunch_continues(tmp_path):
         if step == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    state, history = trainer.run(_config(checkpoint_every=100), str(tmp_path), _task(_records()),
-                                 hooks=(preempt,))
+    stopped = rf"SIGTERM at step 4 of 6 .* in {tmp_path}; run the same command"
+    with pytest.raises(Preempted, match=stopped) as stop:
+        trainer.run(_config(checkpoint_every=100), str(tmp_path), _task(_records()), hooks=(preempt,))
+    state, history = stop.value.state, stop.value.history
     # The signal came after step 3's save decision: step 4 runs, is saved, and the run stops.
     assert int(state.step) == 4 and history[-1]["step"] == 4
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4"]
