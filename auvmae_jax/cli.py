@@ -184,6 +184,9 @@ def _predict() -> None:
 COMMANDS = {"demo": _demo, "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate,
             "crossval": _crossval, "priors": _priors, "build-data": _build_data,
             "convert": _convert, "features": _features, "predict": _predict}
+# Commands that run as one job over all processes of a multi-process launch (launch/): they
+# join jax.distributed before anything starts a backend. The others are per-process tools.
+DISTRIBUTED_COMMANDS = ("pretrain", "finetune", "evaluate", "crossval", "priors")
 
 
 def _require_config_and_workdir():
@@ -227,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging()
     try:
+        if command in DISTRIBUTED_COMMANDS:
+            from auvmae_jax import distributed
+
+            distributed.initialize()
         COMMANDS[command]()
     except UserError as e:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)

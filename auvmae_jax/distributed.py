@@ -48,6 +48,52 @@ def wanted(env: dict[str, str] | None = None) -> str | None:
     return None
 
 
+def slurm_local_device_ids(env: dict[str, str]) -> list[int] | None:
+    """The GPUs (indices among the visible ones) this SLURM task drives, or None (jax's default).
+
+    jax's SLURM detection gives every task only the GPU numbered by its SLURM_LOCALID: right
+    for one task per GPU, but with one task per node (launch/gpu_multinode.sbatch) each
+    process would drive one of the node's GPUs and leave the rest idle, and where SLURM binds
+    one GPU to each task (`--gpus-per-task=1`) LOCALID is no index among the visible ones.
+    Here the node's visible GPUs are shared out evenly: tasks on the node T, visible GPUs G;
+    G >= T and T | G: task k takes `[k G/T, (k+1) G/T)`; one visible GPU: that one.
+    JAX_LOCAL_DEVICE_IDS, where set, is jax's to read; outside SLURM (or without GPUs
+    known) None.
+    """
+    if "SLURM_LOCALID" not in env or env.get("JAX_LOCAL_DEVICE_IDS"):
+        return None
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        gpus = len([g for g in visible.split(",") if g.strip()])
+    elif env.get("SLURM_GPUS_ON_NODE", "").isdigit():
+        gpus = int(env["SLURM_GPUS_ON_NODE"])
+    else:
+        return None
+    tasks = _slurm_tasks_on_node(env)
+    local = int(env["SLURM_LOCALID"])
+    if gpus == 1:
+        return [0]
+    if tasks is None or tasks > gpus or gpus % tasks:
+        return None
+    share = gpus // tasks
+    return list(range(local * share, (local + 1) * share))
+
+
+def _slurm_tasks_on_node(env: dict[str, str]) -> int | None:
+    """Tasks on this node: SLURM_NTASKS_PER_NODE, else this node's entry of SLURM_TASKS_PER_NODE
+    (`2(x3),1`: 2 on each of the first three nodes, 1 on the fourth)."""
+    if env.get("SLURM_NTASKS_PER_NODE", "").isdigit():
+        return int(env["SLURM_NTASKS_PER_NODE"])
+    spec, node = env.get("SLURM_TASKS_PER_NODE", ""), int(env.get("SLURM_NODEID", "0") or 0)
+    counts = []
+    for part in filter(None, spec.split(",")):
+        count, _, repeat = part.partition("(x")
+        if not count.isdigit():
+            return None
+        counts += [int(count)] * (int(repeat.rstrip(")")) if repeat else 1)
+    return counts[node] if node < len(counts) else None
+
+
 def initialize(env: dict[str, str] | None = None) -> bool:
     """Start `jax.distributed` if the environment asks for several processes.
 
@@ -64,8 +110,12 @@ def initialize(env: dict[str, str] | None = None) -> bool:
         jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
                                    num_processes=int(env["JAX_NUM_PROCESSES"]),
                                    process_id=int(env["JAX_PROCESS_ID"]))
-    else:
-        jax.distributed.initialize()  # SLURM, Cloud TPU, Kubernetes, Open MPI: detected by jax
+    else:  # SLURM, Cloud TPU, Kubernetes, Open MPI: detected by jax
+        ids = slurm_local_device_ids(env)
+        if ids is not None:
+            log.info("SLURM task %s: GPUs %s of the %s visible on its node", env.get("SLURM_LOCALID"),
+                     ids, env.get("CUDA_VISIBLE_DEVICES") or env.get("SLURM_GPUS_ON_NODE"))
+        jax.distributed.initialize(local_device_ids=ids)
     log.info("jax.distributed: process %d of %d (%s)", jax.process_index(), jax.process_count(), mode)
     if jax.default_backend() == "cpu" and jax.local_device_count() > 1:
         log.warning("%d CPU devices in each process: XLA's CPU collectives (gloo) can deadlock with "

@@ -35,11 +35,18 @@ if [ "${SETUP:-1}" = 1 ]; then
     echo "tpu_pod.sh: uncommitted changes are not copied (the workers get HEAD, $(git rev-parse --short HEAD))" >&2
   fi
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
   git archive --format=tar.gz -o "$tmp/auvmae.tgz" HEAD
   "${GCLOUD[@]}" scp "$tmp/auvmae.tgz" "$TPU":auvmae.tgz "${WHERE[@]}"
-  rm -rf "$tmp"
   on_all "set -eo pipefail; rm -rf ~/auvmae && mkdir -p ~/auvmae && tar -xzf ~/auvmae.tgz -C ~/auvmae && cd ~/auvmae && $INSTALL"
 fi
+# The run is detached from the ssh session (its own session, hang-ups ignored, output appended to
+# ~/auvmae.log): a dropped connection or Ctrl-C here does not stop training. This session follows
+# the log until the run ends and exits with its code (75: preempted, saved; run the line again).
+# Reattach: gcloud compute tpus tpu-vm ssh $TPU --zone=$ZONE --worker=0 --command='tail -f ~/auvmae.log'
+# Stop it (a checkpoint is saved first): the same ssh, --worker=all --command='pkill -TERM -f "m auvmae_jax"'.
 ARGS=$(printf '%q ' "$@")
-on_all "set -o pipefail; cd ~/auvmae && PY=~/auvmae-venv/bin/python && { [ -x \$PY ] || PY=python3; } && \
-  AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 \$PY -m auvmae_jax $ARGS 2>&1 | tee -a ~/auvmae.log"
+on_all "cd ~/auvmae && PY=~/auvmae-venv/bin/python && { [ -x \$PY ] || PY=python3; } && touch ~/auvmae.log && \
+  from=\$((\$(stat -c %s ~/auvmae.log) + 1)) && \
+  { AUVMAE_DISTRIBUTED=1 TF_CPP_MIN_LOG_LEVEL=3 setsid nohup \$PY -m auvmae_jax $ARGS >> ~/auvmae.log 2>&1 \
+      < /dev/null & } && pid=\$! && tail -c +\$from --pid=\$pid -f ~/auvmae.log; wait \$pid"

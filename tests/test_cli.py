@@ -136,6 +136,17 @@ def test_preempted_finetune_exits_75_without_evaluating(monkeypatch, tmp_path, c
         f"auvmae finetune: stopped on SIGTERM at step 3 of 6 after saving a checkpoint in {tmp_path}")
 
 
+def test_job_commands_join_the_processes_first(monkeypatch, tmp_path):
+    # `srun auvmae evaluate ...` on N processes is one evaluation, not N that each write metrics.json.
+    from auvmae_jax import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "initialize", lambda: calls.append(1))
+    assert cli.main(["auvmae", "evaluate", f"--workdir={tmp_path}/none"]) == 1  # no workdir there
+    assert cli.main(["auvmae", "convert"]) == 1  # a per-process tool: does not join
+    assert calls == [1]
+
+
 def test_command_help_lists_the_flags():
     rc, out, err = _auvmae("predict", "--help")
     assert rc == 0, err

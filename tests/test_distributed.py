@@ -206,6 +206,70 @@ def test_environment_decides_how_to_join():
         distributed.wanted({"JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"})
 
 
+def test_slurm_tasks_share_out_their_nodes_gpus():
+    f = distributed.slurm_local_device_ids
+    eight = "0,1,2,3,4,5,6,7"
+    # One task per node (gpu_multinode.sbatch): all 8 GPUs, where jax alone would give it GPU 0 only.
+    assert f({"SLURM_LOCALID": "0", "SLURM_TASKS_PER_NODE": "1(x2)", "CUDA_VISIBLE_DEVICES": eight}) == \
+        list(range(8))
+    # One task per GPU, all GPUs visible to each: the LOCALID-th (jax's own choice).
+    assert f({"SLURM_LOCALID": "3", "SLURM_NTASKS_PER_NODE": "8", "CUDA_VISIBLE_DEVICES": eight}) == [3]
+    # --gpus-per-task=1: SLURM shows each task its own GPU alone, as device 0.
+    assert f({"SLURM_LOCALID": "3", "SLURM_TASKS_PER_NODE": "8(x2)", "CUDA_VISIBLE_DEVICES": "5"}) == [0]
+    # Two tasks on the second node of `4(x1),2` with 8 GPUs from GRES: four each.
+    assert f({"SLURM_LOCALID": "1", "SLURM_NODEID": "1", "SLURM_TASKS_PER_NODE": "4,2",
+              "SLURM_GPUS_ON_NODE": "8"}) == [4, 5, 6, 7]
+    # jax's default where nothing says how many GPUs, they do not share out, the user chose, or no SLURM.
+    assert f({"SLURM_LOCALID": "0", "SLURM_TASKS_PER_NODE": "2"}) is None
+    assert f({"SLURM_LOCALID": "0", "SLURM_TASKS_PER_NODE": "3", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}) is None
+    assert f({"SLURM_LOCALID": "0", "SLURM_TASKS_PER_NODE": "1", "CUDA_VISIBLE_DEVICES": eight,
+              "JAX_LOCAL_DEVICE_IDS": "0"}) is None
+    assert f({"CUDA_VISIBLE_DEVICES": eight}) is None
+
+
+def test_xla_gpu_flags_are_defaults_only():
+    def flags(given):
+        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+        if given is not None:
+            env["XLA_FLAGS"] = given
+        twice = "set -u; source launch/xla_gpu_flags.sh; source launch/xla_gpu_flags.sh; echo \"$XLA_FLAGS\""
+        out = subprocess.run(["bash", "-c", twice], cwd=ROOT, env=env, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    assert flags(None) == "--xla_gpu_enable_latency_hiding_scheduler=true"  # once, though sourced twice
+    assert flags("--xla_dump_to=d") == "--xla_dump_to=d --xla_gpu_enable_latency_hiding_scheduler=true"
+    assert flags("--xla_gpu_enable_latency_hiding_scheduler=false") == \
+        "--xla_gpu_enable_latency_hiding_scheduler=false"  # the user's value stands
+
+
+def test_sbatch_requeues_a_preempted_job_and_passes_the_cpus(tmp_path):
+    # Stand-in srun (exits with FAKE_RC, records its arguments) and scontrol (records them).
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fakes = {"srun": 'echo "$*" >> "$CALLS"; exit "$FAKE_RC"', "scontrol": 'echo "scontrol $*" >> "$CALLS"'}
+    for name, body in fakes.items():
+        (bin_dir / name).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+
+    def submit(rc, where=ROOT):
+        calls = tmp_path / "calls"
+        calls.unlink(missing_ok=True)
+        env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", FAKE_RC=str(rc),
+                   CALLS=str(calls), SLURM_JOB_ID="42", SLURM_CPUS_PER_TASK="32", SLURM_SUBMIT_DIR=str(where))
+        env.pop("AUVMAE_ROOT", None)
+        script = os.path.join(ROOT, "launch", "gpu_multinode.sbatch")
+        out = subprocess.run(["bash", script, "pretrain", "--x=1"], env=env, capture_output=True, text=True,
+                             timeout=60)
+        return out.returncode, calls.read_text().splitlines() if calls.exists() else [], out.stderr
+
+    assert submit(75)[:2] == (75, ["--kill-on-bad-exit=1 --cpus-per-task=32 auvmae pretrain --x=1",
+                                   "scontrol requeue 42"])
+    assert submit(0)[:2] == (0, ["--kill-on-bad-exit=1 --cpus-per-task=32 auvmae pretrain --x=1"])
+    assert submit(1)[:2] == (1, ["--kill-on-bad-exit=1 --cpus-per-task=32 auvmae pretrain --x=1"])
+    rc, calls, err = submit(0, where=tmp_path)  # submitted from elsewhere: one clear line
+    assert rc == 2 and calls == [] and "is not the auvmae-jax checkout" in err
+
+
 def test_two_processes_survive_preemption_and_agree_with_one(synthetic_data_dir, tmp_path):
     work, steps = str(tmp_path / "two"), "5"
     # SIGTERM to process 1 after step 2: both processes agree on a step, save and stop.
