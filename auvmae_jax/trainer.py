@@ -146,19 +146,33 @@ def train_step(state: TrainState, batch: dict, *, loss_fn: LossFn, tx, base_key:
 
 
 def prepare_workdir(workdir: str, config: Any) -> str:
-    """Create `workdir`, check it is writable and record the config in it (process 0).
+    """Create `workdir` and check it is writable; a new one gets the config (process 0).
 
-    A URL (`gs://bucket/run`) is kept as it is: orbax and `etils.epath` write there.
+    A workdir with a `config.json` keeps it until `save_config` (after the checkpoint was
+    restored): a command that does not fit the checkpoint must not overwrite the record of
+    what wrote it. A URL (`gs://bucket/run`) is kept as it is: orbax and `etils.epath`
+    write there.
     """
     workdir = paths.resolve(workdir)
     try:
         path = epath.Path(workdir)
         path.mkdir(parents=True, exist_ok=True)
         if jax.process_index() == 0:
-            (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+            if (path / "config.json").exists():
+                probe = path / f".write_check_{os.getpid()}"
+                probe.write_text("")
+                probe.unlink()
+            else:
+                save_config(workdir, config)
     except OSError as e:
         raise UserError(f"workdir {workdir} is not writable: {e.strerror or e}") from e
     return workdir
+
+
+def save_config(workdir: str, config: Any) -> None:
+    """`workdir/config.json`: the config of the run (process 0)."""
+    if jax.process_index() == 0:
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def checkpoint_manager(workdir: str, config: Any) -> ocp.CheckpointManager:
@@ -331,6 +345,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         state, state_shardings = init_state(task, tx, mesh, rules, config.seed, load_initial=not resuming)
         data_iter = iter(task.train_data)
         state = _restore(manager, state, data_iter)
+        save_config(workdir, config)  # the checkpoint fits: this config is the run's now
         first = int(state.step)
         step_fn = jax.jit(
             lambda s, b: train_step(s, b, loss_fn=task.loss_fn, tx=tx,
@@ -414,8 +429,14 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, data_iter) -> Tr
         return state
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=DataPositionsRestore()))
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=DataPositionsRestore()))
+    except ValueError as e:  # orbax: the saved tree or shapes differ from this config's model
+        raise UserError(
+            f"checkpoint {manager.directory}/{step} does not fit this config's model and optimizer "
+            f"({' '.join(str(e).split())[:200]}...); the workdir's config.json holds the config that "
+            "wrote it: resume with that one, or use another workdir") from e
     if restored.data is not None:
         data_iter.set_state(restored.data)
     else:

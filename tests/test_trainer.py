@@ -227,6 +227,21 @@ def test_sigterm_saves_and_the_relaunch_continues(tmp_path):
     jax.tree.map(np.testing.assert_allclose, state.params, full_state.params)
 
 
+def test_a_config_that_does_not_fit_the_checkpoint_is_one_line_and_keeps_config_json(tmp_path):
+    import json
+
+    trainer.run(_config(num_train_steps=2), str(tmp_path), _task(_records()))
+    clipped = _config(num_train_steps=4)
+    clipped.optimizer.grad_clip = 1.0  # another optimizer state: the checkpoint cannot be restored
+    with pytest.raises(UserError, match=rf"checkpoint {tmp_path}/checkpoints/2 does not fit this config"):
+        trainer.run(clipped, str(tmp_path), _task(_records()))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["num_train_steps"] == 2 and saved["optimizer"]["grad_clip"] == 0.0  # what wrote it
+    _, history = trainer.run(_config(num_train_steps=4), str(tmp_path), _task(_records()))
+    assert [h["step"] for h in history] == [3, 4]
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 4  # resumed: the run's now
+
+
 def test_data_positions_are_per_process_and_survive_a_new_process_count(tmp_path):
     import json
 
