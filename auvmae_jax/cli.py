@@ -110,6 +110,9 @@ def _priors() -> None:
 
     if FLAGS.config is None and FLAGS.workdir:  # a fine-tuning workdir carries its config
         config, workdir = evaluation.load_config(FLAGS.workdir), FLAGS.workdir
+        if config.get("task") != "finetune":
+            raise UserError(f"{workdir} is a {config.get('task', 'non-fine-tuning')} workdir: priors reads a "
+                            "fine-tuning workdir, or takes --config=configs/finetune.py:DATASET,LEVEL,FOLD")
     else:
         config, workdir = _require_config_and_workdir()
     pair = None

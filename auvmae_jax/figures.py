@@ -108,7 +108,12 @@ def priors_report(config: Any, workdir: str, pair: tuple[int, int] | None = None
 
             raise UserError(f"--pair: AU{a} is not one of the dataset's AUs {aus}")
     learned_intra = learned_inter = None
-    if paths.exists(paths.join(workdir, "checkpoints")):
+    config_file = paths.join(workdir, "config.json")
+    trained = paths.exists(paths.join(workdir, "checkpoints")) and paths.exists(config_file)
+    if trained and paths.read_json(config_file).get("task") != "finetune":
+        log.info("%s holds no fine-tuned model: the priors are drawn alone", workdir)
+        trained = False
+    if trained:
         params = finetune.load_checkpoint_params(workdir)
         evaluator = evaluation.Evaluator(
             finetune.build_model(config, len(aus)), finetune.level_settings(config),

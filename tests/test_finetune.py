@@ -322,6 +322,21 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     assert np.isclose(mean["f1_mean"], np.mean([r["f1_mean"] for r in saved["folds"]]))
 
 
+def test_priors_of_a_pretraining_workdir(synthetic_data_dir, tmp_path):
+    from auvmae_jax import cli
+
+    work = tmp_path / "pre"
+    (work / "checkpoints" / "2").mkdir(parents=True)  # a pre-training checkpoint: no AU head to run
+    (work / "config.json").write_text(json.dumps({"task": "pretrain"}))
+    assert cli.main(["auvmae", "priors", f"--workdir={work}"]) == 1  # its config is no fine-tuning one
+    # With a fine-tuning config: the fold's priors, drawn alone.
+    out = figures.priors_report(mini_finetune_config(synthetic_data_dir), str(work), pair=(6, 12))
+    assert sorted(os.listdir(work / "priors")) == sorted(
+        ["class_weights.npy", "inter_prior.npy", "intra_prior.npy", "priors.json", "intra.png",
+         "inter_AU6_AU12.png"]), os.listdir(work / "priors")
+    assert out["intra"].endswith("intra.png")
+
+
 def test_ablation_rows_zero_the_right_lambdas(synthetic_data_dir, tmp_path, monkeypatch):
     """Table 3's rows, each a 3-fold cross-validation: the training itself replaced by a recorder."""
     config = mini_finetune_config(synthetic_data_dir)
