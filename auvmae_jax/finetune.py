@@ -305,9 +305,38 @@ def make_task(config: Any, workdir: str) -> trainer.Task:
         if config.optimizer.layer_decay < 1 else None)
 
 
+# The encoder's shape: what an `init_from` checkpoint fixes (the rest of `config.model`, such
+# as dtype, remat, drop_path or the norms, stays the fine-tuning config's).
+ARCHITECTURE = ("width", "depth", "heads", "mlp_ratio", "patch_size", "tubelet_size")
+
+
+def adopt_architecture(config: Any) -> dict:
+    """Set `config.model`'s ARCHITECTURE to that of the `init_from` checkpoint where they differ
+    (a pre-training workdir's or a converted model's config.json); returns what changed.
+
+    Fine-tuning from a checkpoint can only take its encoder as it is, so a mini pre-training
+    fine-tunes as mini and a converted model of any width as that width, without the user
+    repeating them; the change is logged and recorded in the workdir's config.json.
+    """
+    source = _source_settings(config.init_from).get("model") if config.init_from else None
+    if not source:
+        return {}
+    known = {f.name for f in dataclasses.fields(ViTConfig)} | {"preset"}
+    theirs = ViTConfig.from_config({k: v for k, v in source.items() if k in known})
+    mine = ViTConfig.from_config(config.model)
+    changed = {k: getattr(theirs, k) for k in ARCHITECTURE if getattr(theirs, k) != getattr(mine, k)}
+    if changed:
+        log.warning("model %s: from init checkpoint %s (the config said %s)", changed, config.init_from,
+                    {k: getattr(mine, k) for k in changed})
+        with config.unlocked():
+            config.model.update(changed)
+    return changed
+
+
 def train(config: Any, workdir: str, hooks: tuple = ()):
     """Fine-tune as `config` says, resuming from `workdir`; evaluation is `evaluation.py`'s.
 
     Returns the final state and the logged metrics (see `trainer.run`).
     """
+    adopt_architecture(config)
     return trainer.run(config, workdir, functools.partial(make_task, config), hooks)

@@ -322,6 +322,27 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     assert np.isclose(mean["f1_mean"], np.mean([r["f1_mean"] for r in saved["folds"]]))
 
 
+def test_architecture_comes_from_the_init_checkpoint(tmp_path):
+    from configs import finetune as finetune_configs
+
+    config = finetune_configs.get_config("disfa,video,1")  # ViT-B, patch 16
+    config.lock()  # as config_flags hands it over
+    pre, converted = tmp_path / "pre", tmp_path / "converted"
+    for d, model in ((pre, {"preset": "mini", "patch_size": 8, "dtype": "float32", "dec_width": 32}),
+                     (converted, {"width": 64, "depth": 2, "heads": 4, "patch_size": 16, "tubelet_size": 2,
+                                  "layer_norm_eps": 1e-12})):
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"task": "pretrain", "model": model}))
+    config.init_from = str(pre)
+    assert finetune.adopt_architecture(config) == dict(width=32, depth=2, heads=2, patch_size=8)
+    cfg = ViTConfig.from_config(config.model)
+    assert (cfg.width, cfg.depth, cfg.heads, cfg.patch_size, cfg.dtype) == (32, 2, 2, 8, "bfloat16")
+    config.init_from = str(converted)
+    assert finetune.adopt_architecture(config) == dict(width=64, heads=4, patch_size=16)
+    assert ViTConfig.from_config(config.model).layer_norm_eps == 1e-6  # the config's: only the shape is taken
+    assert finetune.adopt_architecture(config) == {}  # now the same
+
+
 def test_priors_of_a_pretraining_workdir(synthetic_data_dir, tmp_path):
     from auvmae_jax import cli
 
