@@ -329,7 +329,6 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     distributed.log_topology(mesh)
     log.info("%d steps of global batch %d (%d per process)", num_steps, config.batch_size,
              config.batch_size // jax.process_count())
-    writer = metric_writers.create_writer(os.path.join(workdir, "tensorboard"))
     history: list[dict] = []
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         schedule = learning_rate_schedule(config.optimizer, config.batch_size, num_steps,
@@ -347,6 +346,11 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
         state = _restore(manager, state, data_iter)
         save_config(workdir, config)  # the checkpoint fits: this config is the run's now
         first = int(state.step)
+        if first >= num_steps:
+            log.info("%s: finished already (step %d of %d); nothing to train", workdir, first, num_steps)
+            manager.close()
+            return state, history
+        writer = metric_writers.create_writer(os.path.join(workdir, "tensorboard"))
         step_fn = jax.jit(
             lambda s, b: train_step(s, b, loss_fn=task.loss_fn, tx=tx,
                                     base_key=jax.random.key(config.seed + 1),

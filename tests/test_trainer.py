@@ -242,6 +242,17 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_one_line_and_keeps_config_
     assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 4  # resumed: the run's now
 
 
+def test_a_finished_run_again_trains_nothing_and_writes_no_events(tmp_path):
+    import os
+
+    state, history = trainer.run(_config(num_train_steps=2), str(tmp_path), _task(_records()))
+    events = sorted(os.listdir(tmp_path / "tensorboard"))
+    again, history2 = trainer.run(_config(num_train_steps=2), str(tmp_path), _task(_records()))
+    assert len(history) == 2 and history2 == [] and int(again.step) == 2
+    jax.tree.map(np.testing.assert_array_equal, again.params, state.params)
+    assert sorted(os.listdir(tmp_path / "tensorboard")) == events  # no empty event file added
+
+
 def test_data_positions_are_per_process_and_survive_a_new_process_count(tmp_path):
     import json
 
