@@ -147,6 +147,11 @@ class ProgressReporter:
         log.info("step %d/%d, %.2f steps/s, ETA %s", step, self.num_steps, rate, _duration(eta))
         return {"steps_per_sec": rate}
 
+    def restart(self, step: int) -> None:
+        """Measure the next rate from here: time spent since the last report outside training
+        (an evaluation) is not counted as steps' time."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
 
 def _duration(seconds: float) -> str:
     if not np.isfinite(seconds):

@@ -384,6 +384,7 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                         history.append({"step": step, **summary})
                     if task.evaluate is not None and not stop and (last or step % config.eval_every == 0):
                         task.evaluate(state, step, writer)
+                        progress.restart(step)  # steps/s and the ETA count training steps only
                     if save:
                         manager.save(step, args=ocp.args.Composite(
                             state=ocp.args.StandardSave(state), data=DataPositionsSave(data_state)))

@@ -32,6 +32,15 @@ def test_progress_reporter_rate_and_eta_on_a_fake_clock(monkeypatch, caplog):
                                    "step 31/100, 1.00 steps/s, ETA 0h01m09s"]
 
 
+def test_progress_restart_leaves_evaluation_time_out(monkeypatch):
+    clock = iter([0.0, 10.0, 70.0, 75.0])  # steps 0-10 in 10 s, a 60 s evaluation, steps 10-20 in 5 s
+    monkeypatch.setattr(metric_writers.time, "perf_counter", lambda: next(clock))
+    progress = metric_writers.ProgressReporter(num_steps=100)
+    assert progress(10) == {"steps_per_sec": pytest.approx(1.0)}
+    progress.restart(10)  # after the evaluation
+    assert progress(20) == {"steps_per_sec": pytest.approx(2.0)}  # not 10 / 65
+
+
 def test_duration_text():
     assert metric_writers._duration(3723.9) == "1h02m03s"
     assert metric_writers._duration(float("nan")) == "?"
