@@ -239,7 +239,7 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_one_line_and_keeps_config_
     assert saved["num_train_steps"] == 2 and saved["optimizer"]["grad_clip"] == 0.0  # what wrote it
     _, history = trainer.run(_config(num_train_steps=4), str(tmp_path), _task(_records()))
     assert [h["step"] for h in history] == [3, 4]
-    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 4  # resumed: the run's now
+    assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 4
 
 
 def test_a_finished_run_again_trains_nothing_and_writes_no_events(tmp_path):
