@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,9 +36,14 @@ class MetricWriter:
     def close(self) -> None: ...
 
 
+def natural_key(name: str) -> list:
+    """Sort key that orders the numbers inside names by value: `f1_AU2` before `f1_AU10`."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
 class ConsoleWriter(MetricWriter):
     def write_scalars(self, step, scalars):
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(scalars.items()))
+        text = ", ".join(f"{k}={_fmt(scalars[k])}" for k in sorted(scalars, key=natural_key))
         log.info("[%d] %s", step, text)
 
     def write_images(self, step, images):

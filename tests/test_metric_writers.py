@@ -17,6 +17,17 @@ def test_console_writer_formats_scalars_sorted(caplog):
     assert caplog.messages == ["[7] grad_norm=2, loss=0.1235, lr=1.2346e+04", "[7] images: recon (10, 20, 3)"]
 
 
+def test_console_writer_orders_aus_by_number(caplog):
+    writer = metric_writers.ConsoleWriter()
+    scalars = {f"eval/f1_AU{a}": a / 100 for a in (26, 1, 10, 2, 12, 4)}
+    scalars["eval/f1_mean"] = 0.5
+    with caplog.at_level(logging.INFO, logger="auvmae"):
+        writer.write_scalars(3, scalars)
+    # as numbers (AU2 before AU10), not as text (AU1, AU10, AU12, AU2, ...)
+    assert caplog.messages == ["[3] eval/f1_AU1=0.01, eval/f1_AU2=0.02, eval/f1_AU4=0.04, eval/f1_AU10=0.1, "
+                               "eval/f1_AU12=0.12, eval/f1_AU26=0.26, eval/f1_mean=0.5"]
+
+
 def test_progress_reporter_rate_and_eta_on_a_fake_clock(monkeypatch, caplog):
     clock = iter([100.0, 105.0, 106.0, 107.0, 107.0])
     monkeypatch.setattr(metric_writers.time, "perf_counter", lambda: next(clock))
