@@ -7,6 +7,7 @@ overrides and `--workdir=DIR`.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 
@@ -33,13 +34,15 @@ flags.DEFINE_bool("align", True, "build-data, features, predict: rotate face cro
 flags.DEFINE_integer("workers", 1, "build-data: local processes preparing videos.")
 flags.DEFINE_string("beam_pipeline_options", "", "build-data: run on Apache Beam, e.g. runner=DirectRunner.")
 flags.DEFINE_string("checkpoint", None, "features, predict: a training workdir or a converted dir.")
-flags.DEFINE_string("video", None, "features, predict: a video file (features: or .npy frames [T,H,W,3]).")
-flags.DEFINE_string("output", None, "convert: the new checkpoint dir; features: FEATS.npy; predict: the CSV.")
+flags.DEFINE_string("video", None, "features, predict: a video file (features also: .npy frames [T,H,W,3]).")
+flags.DEFINE_string("output", None, "convert: the new checkpoint dir; features: FEATS.npy; "
+                    "predict: the CSV (default: VIDEO_aus.csv beside the video).")
 flags.DEFINE_string("plot", None, "predict: a PNG of the AU probabilities over time.")
 flags.DEFINE_enum("pool", "frame", ["frame", "clip"], "features: one vector per frame or per clip.")
 flags.DEFINE_string("detector", "opencv", "features, predict: face detector, opencv or mtcnn.")
 flags.DEFINE_integer("batch_size", 4, "features, predict: clips per model call.")
-flags.DEFINE_integer("hop", None, "features, predict: frames between clip starts (default: half a clip).")
+flags.DEFINE_integer("hop", None, "features, predict: frames between clip starts (default: half a clip; "
+                     "at most a clip, except for features --pool=clip).")
 flags.DEFINE_string("source", None, "convert: a PyTorch VideoMAE checkpoint file or a transformers dir.")
 flags.DEFINE_bool("trust-pickle", False, "convert: unpickle a .pth/.bin fully (runs code in the file).")
 flags.DEFINE_integer("heads", None, "convert: encoder heads, where the source does not say.")
@@ -50,6 +53,7 @@ USAGE = """usage: auvmae COMMAND [--flags]
 
 commands:
   demo       the whole method on built-in synthetic face videos (pre-train, fine-tune, evaluate)
+             [--workdir=auvmae_demo --config=configs/demo.py --config.pretrain.num_train_steps=N ...]
   pretrain   VideoMAE pre-training: --config=configs/pretrain.py[:PRESET] --workdir=DIR
   finetune   AU fine-tuning: --config=configs/finetune.py:DATASET,LEVEL,FOLD --workdir=DIR
   evaluate   score a fine-tuned workdir on its test fold: --workdir=DIR [--split=SPLIT]
@@ -63,8 +67,9 @@ commands:
              [--trust-pickle --heads=N --dec_heads=N --num_frames=N --image_size=N]
   features   encoder features of a video: --checkpoint=DIR --video=FILE|FRAMES.npy --output=FEATS.npy
              [--pool=clip --no-detect --detector=mtcnn]
-  predict    AUs in every frame of a video: --checkpoint=DIR --video=FILE [--output=aus.csv --plot=aus.png
-             --no-detect --detector=mtcnn --batch_size=4 --hop=N]
+  predict    AUs in every frame of a video: --checkpoint=DIR --video=FILE
+             [--output=CSV (default: VIDEO_aus.csv beside the video) --plot=aus.png
+              --no-detect --detector=mtcnn --batch_size=4 --hop=N (at most a clip)]
 
 `auvmae COMMAND --help` lists the flags."""
 
@@ -72,7 +77,20 @@ commands:
 def _demo() -> None:
     from auvmae_jax import demo
 
-    demo.run(FLAGS.workdir or "auvmae_demo")
+    config = FLAGS.config  # configs/demo.py unless --config names another file (main)
+    missing = [k for k in ("pretrain", "finetune") if k not in config]
+    if missing:
+        raise UserError(f"config {config_flags.get_config_filename(FLAGS['config'])}: no "
+                        f"{' or '.join(missing)} section; demo takes a file like configs/demo.py "
+                        "(a pre-training and a fine-tuning config)")
+    demo.run(FLAGS.workdir or "auvmae_demo", config)
+
+
+def _demo_config_path() -> str:
+    """configs/demo.py of the installed package: the demo's config when no --config is given."""
+    import configs
+
+    return os.path.join(os.path.dirname(os.path.abspath(configs.__file__)), "demo.py")
 
 
 def _pretrain() -> None:
@@ -168,8 +186,6 @@ def _features() -> None:
 
 
 def _predict() -> None:
-    import os
-
     from auvmae_jax import features, predict
 
     if not (FLAGS.checkpoint and FLAGS.video):
@@ -180,8 +196,8 @@ def _predict() -> None:
     summary = predict.predict_video(ckpt, FLAGS.video, output, plot=FLAGS.plot, detect=FLAGS.detect,
                                     detector=FLAGS.detector, batch_size=FLAGS.batch_size, hop=FLAGS.hop,
                                     align=FLAGS.align)
-    print(f"{summary['frames']} frames, {summary['faces']} with a face -> {output}"
-          + (f", {FLAGS.plot}" if FLAGS.plot else ""))
+    print(f"{FLAGS.video}: {summary['frames']} frames, {summary['faces']} with a face, "
+          f"{summary['clips']} clips -> {output}" + (f", {FLAGS.plot}" if FLAGS.plot else ""))
 
 
 COMMANDS = {"demo": _demo, "pretrain": _pretrain, "finetune": _finetune, "evaluate": _evaluate,
@@ -226,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\nflags (each command reads the ones that name it; --config.KEY=VALUE overrides a config):")
         print(FLAGS.module_help(__name__))
         return 0
+    args = ["--nodetect" if a == "--no-detect" else a for a in argv[2:]]
+    if command == "demo" and not any(a == "--config" or a.startswith("--config=") for a in args):
+        args.insert(0, f"--config={_demo_config_path()}")  # so that --config.KEY=VALUE shrinks the demo
     try:
-        _parse_flags(["auvmae " + command, *("--nodetect" if a == "--no-detect" else a for a in argv[2:])])
+        _parse_flags(["auvmae " + command, *args])
     except UserError as e:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -250,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
 def _parse_flags(argv: list[str]) -> None:
     """absl/config_flags parsing with one-line errors for bad flags, files and keys."""
     config_file = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    # A second main() in one process starts from the defaults, not from the last call's flags,
+    # and without the --config.KEY flags that config_flags registered for the last call's overrides.
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith("config.")]:
+        delattr(FLAGS, name)
+    process_argv, sys.argv = sys.argv, argv  # config_flags reads the --config.KEY overrides off sys.argv
     try:
         FLAGS(argv)
     except flags.Error as e:
@@ -265,6 +290,8 @@ def _parse_flags(argv: list[str]) -> None:
         hint = re.search(r'Did you mean "\w+" instead of "\w+"\?', text)
         hint = hint.group(0) if hint else ""
         raise UserError(f"unknown config key {key!r} in {given} (config {config_file}). {hint}") from e
+    finally:
+        sys.argv = process_argv
     if config_file is not None and not isinstance(FLAGS.config, ml_collections.ConfigDict):
         try:
             FLAGS.config.to_dict()  # config_flags reports a bad file only on first use

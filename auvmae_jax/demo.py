@@ -4,7 +4,9 @@ Builds the data into WORKDIR/data, pre-trains a tiny VideoMAE into WORKDIR/pretr
 fine-tunes it at video level with all three losses into WORKDIR/finetune, and scores
 the held-out subjects of fold 1 against the all-positive baseline. The workdirs are
 ordinary ones: `auvmae evaluate --workdir=WORKDIR/finetune` and
-`--config.init_from=WORKDIR/pretrain` take them as they are.
+`--config.init_from=WORKDIR/pretrain` take them as they are. The CLI passes
+`configs/demo.py` with the command line's `--config.KEY=VALUE` overrides (or
+another `--config` file of the same shape).
 """
 
 from __future__ import annotations
@@ -12,16 +14,23 @@ from __future__ import annotations
 import logging
 import os
 
+import ml_collections
+
 from auvmae_jax import evaluation, finetune, paths, pretrain
 
 log = logging.getLogger("auvmae")
 
 
-def run(workdir: str) -> dict:
+def run(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict:
+    """The demo with `config` (default: `configs/demo.py`), its `pretrain` and `finetune` sections.
+
+    The demo sets both sections' `data.data_dir` (WORKDIR/data) and `finetune.init_from`.
+    """
     from configs import demo as demo_config
 
     workdir = paths.resolve(workdir)
-    config = demo_config.get_config()
+    if config is None:
+        config = demo_config.get_config()
     data_dir = os.path.join(workdir, "data")
     pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")
 

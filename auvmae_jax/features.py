@@ -12,6 +12,7 @@ clip ends at the last frame); per-frame outputs of overlapping clips are average
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import io
@@ -94,6 +95,22 @@ def _aus(path: str, config, params: dict) -> list[int]:
                         f"cannot name the model's {n} outputs") from None
 
 
+def clip_hop(hop: int | None, ckpt: Checkpoint, gaps: bool = False) -> int:
+    """Frames between clip starts: half a clip by default, at most a clip unless `gaps`.
+
+    A hop longer than the clip skips the frames between clips; per-frame outputs need
+    every frame in a clip, so that is an error naming the checkpoint's clip length."""
+    w = ckpt.window
+    if not hop:
+        return max(w // 2, 1)
+    if hop < 1:
+        raise UserError(f"--hop={hop}: must be at least 1 frame")
+    if hop > w and not gaps:
+        raise UserError(f"--hop={hop}: longer than the {w}-frame clip of {ckpt.path}, so the frames between "
+                        f"clips would get no output; use --hop={w} or less")
+    return hop
+
+
 def window_starts(num_frames: int, window: int, hop: int) -> list[int]:
     """Clip starts every `hop` frames, plus one ending at the last frame: every frame is covered."""
     if num_frames <= window:
@@ -117,23 +134,30 @@ class Track:
     angles: list[float] | None = None  # smoothed eye-line angles (degrees); None: no alignment
 
 
+@contextlib.contextmanager
 def _progress(total: int | None, desc: str, enabled: bool):
+    """A tqdm bar; log records while it shows (e.g. a truncated file) print on their own line above it."""
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return tqdm(total=total or None, desc=desc, unit="frame", disable=not enabled, file=sys.stderr,
-                mininterval=1.0, dynamic_ncols=True)
+    with contextlib.ExitStack() as stack:
+        if enabled:
+            stack.enter_context(logging_redirect_tqdm())
+        yield stack.enter_context(tqdm(total=total or None, desc=desc, unit="frame", disable=not enabled,
+                                       file=sys.stderr, mininterval=1.0, dynamic_ncols=True))
 
 
 def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool = True,
-                max_gap: int | None = 8, window: int = 5, align: bool = True) -> Track:
+                max_gap: int | None = 8, window: int = 5, align: bool = True, warn: bool = True) -> Track:
     """First pass over a video: timestamps, and face boxes unless `detector` is None.
 
     With a detector and `align`, also the eye-line angle of each frame, smoothed
-    (`faces.smooth_angles`), for crops with the eyes horizontal."""
+    (`faces.smooth_angles`), for crops with the eyes horizontal. `warn`: report a
+    truncated file (`video_io.iter_frames`)."""
     info = video_io.probe(path)
     times, raw, raw_angles = [], [], []
     with _progress(info.num_frames, "finding faces" if detector else "reading", progress) as bar:
-        for frame in video_io.iter_frames(path):
+        for frame in video_io.iter_frames(path, warn=warn):
             times.append(frame.timestamp)
             if detector is None:
                 h, w = frame.rgb.shape[:2]
@@ -157,9 +181,10 @@ def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float
                angles: list[float] | None = None) -> Iterator[tuple[int, np.ndarray | None]]:
     """Second pass: `(index, [size, size, 3] face crop or None)` for the frames of the first pass.
 
-    `angles` (per frame, degrees): each crop is rotated so that that eye line is horizontal."""
+    `angles` (per frame, degrees): each crop is rotated so that that eye line is horizontal.
+    A truncated file is not reported again: the first pass did."""
     with _progress(len(boxes), desc, progress) as bar:
-        for frame in video_io.iter_frames(path):
+        for frame in video_io.iter_frames(path, warn=False):
             if frame.index >= len(boxes):
                 break
             box = boxes[frame.index]
@@ -286,7 +311,7 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
     if pool not in ("frame", "clip"):
         raise UserError(f"--pool={pool}: expected 'frame' or 'clip'")
     w, s = ckpt.window, ckpt.image_size
-    hop = hop or max(w // 2, 1)
+    hop = clip_hop(hop, ckpt, gaps=pool == "clip")  # per-clip features may skip frames; per-frame not
     if source.endswith(".npy"):
         arr = load_frames_npy(source)
         n, times, crops = len(arr), None, array_crops(arr, s)
@@ -297,7 +322,7 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
         scale = 1.25 if detect else 1.0
         if detect and track.detected == 0:
             log.warning("%s: no face found in any frame; features are of the whole frame", source)
-            track, scale = track_faces(source, None, progress=False), 1.0
+            track, scale = track_faces(source, None, progress=False, warn=False), 1.0
         crops = iter_crops(source, track.boxes, s, scale, progress=progress, desc="features",
                            angles=track.angles)
     fn = feature_fn(ckpt)

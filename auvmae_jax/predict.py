@@ -54,13 +54,17 @@ def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str 
     With `detect`, the face crops are aligned (eyes horizontal) unless `align` is False.
 
     Summary: `frames`, `faces` (frames with success=1), `detected` (frames where the
-    detector itself found a face), `clips` (clips run), `csv`, `plot`.
+    detector itself found a face), `clips` (clips run), `csv`, `plot`; the CLI prints it.
+    `hop` (default half a clip) may not exceed the model's clip: every frame is in a clip.
     """
     if ckpt.aus is None:
         raise UserError(f"--checkpoint {ckpt.path} is a {ckpt.task} checkpoint: predict needs a fine-tuned "
                         "AU detector (auvmae finetune)")
+    if video.lower().endswith(".npy"):
+        raise UserError(f"video {video}: predict reads video files (mp4, avi, mov, mkv, ...); "
+                        ".npy frames are taken by `auvmae features` only")
     w, s = ckpt.window, ckpt.image_size
-    hop = hop or max(w // 2, 1)
+    hop = features.clip_hop(hop, ckpt)  # at most a clip: every frame gets a prediction
     detector_obj = faces.FaceDetector(detector) if detect else None
     track = features.track_faces(video, detector_obj, progress, align=align)
     n = len(track.boxes)
@@ -86,10 +90,8 @@ def predict_video(ckpt: features.Checkpoint, video: str, output: str, plot: str 
     if plot:
         plot_probabilities(plot, np.asarray(track.timestamps), np.where(success[:, None], probs, np.nan),
                            ckpt.aus, title=os.path.basename(video))
-    summary = dict(frames=n, faces=int(success.sum()), detected=track.detected, clips=clips, csv=output,
-                   plot=plot)
-    log.info("%s: %d frames, %d with a face, %d clips -> %s", video, n, summary["faces"], clips, output)
-    return summary
+    return dict(frames=n, faces=int(success.sum()), detected=track.detected, clips=clips, csv=output,
+                plot=plot)
 
 
 def write_csv(path: str, track: features.Track, success: np.ndarray, probs: np.ndarray,

@@ -88,13 +88,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         container.close()
 
 
-def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
+def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
     """Decode the first video stream of `path` frame by frame, as RGB uint8 `[H, W, 3]`.
 
     Timestamps are the frames' presentation times relative to the first frame (the
     index divided by the frame rate where the file has none). Decoding errors after
-    the first frame end the iteration with a warning (truncated files); an error
-    before any frame decodes is a `UserError`.
+    the first frame end the iteration with one warning (truncated files; `warn=False`:
+    none, for a second pass over a file already reported); an error before any frame
+    decodes is a `UserError`.
     """
     path = os.fspath(path)
     container = _open(path)
@@ -114,8 +115,10 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
             except _READ_ERRORS as e:
                 if index == 0:
                     raise UserError(f"video {path}: no frame could be decoded ({_reason(e)})") from None
-                log.warning("video %s: decoding stopped after %d frames (%s); the rest is skipped",
-                            path, index, _reason(e))
+                if warn:
+                    log.warning("video %s: decoding stopped after %d frames (%s); the rest is skipped",
+                                path, index, _reason(e))
+                warn = False  # one warning per file: not the frame count below as well
                 break
             t = frame.time
             if t is None:
@@ -128,7 +131,7 @@ def iter_frames(path: str | os.PathLike) -> Iterator[Frame]:
         container.close()
     if index == 0:
         raise UserError(f"video {path}: contains no decodable frame")
-    if announced and index < announced:
+    if warn and announced and index < announced:
         log.warning("video %s: %d frames decoded of the %d its header announces (truncated?)",
                     path, index, announced)
 

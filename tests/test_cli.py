@@ -176,3 +176,58 @@ def test_bad_input_is_one_line(case, tmp_path):
     rc, _, err = _auvmae(*args)
     assert rc == rc_want and text in _error_line(err), err
     assert not (tmp_path / "tfds").exists()  # failed before any data was built or read
+
+
+def _record_demo(monkeypatch):
+    """The demo's training and scoring replaced by recorders of the configs they get."""
+    from auvmae_jax import demo
+
+    seen = {}
+
+    def train(name):
+        def fn(config, workdir):
+            seen[name] = (config, workdir)
+            return None, [{"step": 1, "loss": 2.0}, {"step": int(config.num_train_steps), "loss": 1.0}]
+        return fn
+
+    monkeypatch.setattr(demo.pretrain, "train", train("pretrain"))
+    monkeypatch.setattr(demo.finetune, "train", train("finetune"))
+    monkeypatch.setattr(demo.evaluation, "evaluate_workdir", lambda workdir: dict(
+        split="part1", f1_mean=0.6, baseline_f1_mean=0.2, acc_mean=0.8))
+    return seen
+
+
+def test_demo_runs_configs_demo_with_its_overrides(monkeypatch, tmp_path, capsys):
+    seen = _record_demo(monkeypatch)
+    assert cli.main(["auvmae", "demo", f"--workdir={tmp_path}", "--config.pretrain.num_train_steps=20",
+                     "--config.finetune.num_train_steps=30",
+                     "--config.pretrain.data.synthetic.num_subjects=60",
+                     "--config.finetune.data.synthetic.num_subjects=60"]) == 0
+    pre, (ft, ft_dir) = seen["pretrain"][0], seen["finetune"]
+    assert (pre.num_train_steps, ft.num_train_steps) == (20, 30)
+    assert pre.data.synthetic.num_subjects == ft.data.synthetic.num_subjects == 60
+    assert pre.model.preset == ft.model.preset == "mini" and pre.batch_size == 32  # the rest: configs/demo.py
+    assert pre.data.data_dir == ft.data.data_dir == str(tmp_path / "data")
+    assert ft.init_from == seen["pretrain"][1] == str(tmp_path / "pretrain")
+    assert ft_dir == str(tmp_path / "finetune")
+    assert "mean F1 60.0 vs all-positive baseline 20.0" in capsys.readouterr().out
+    # No flags: configs/demo.py as it is (the flags of the call above do not stick).
+    assert cli.main(["auvmae", "demo", f"--workdir={tmp_path}"]) == 0
+    assert (seen["pretrain"][0].num_train_steps, seen["finetune"][0].num_train_steps) == (1000, 4000)
+    # --config names the file explicitly, as for the training commands.
+    assert cli.main(["auvmae", "demo", f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path}",
+                     "--config.finetune.num_train_steps=5"]) == 0
+    assert (seen["pretrain"][0].num_train_steps, seen["finetune"][0].num_train_steps) == (1000, 5)
+
+
+def test_demo_bad_config_is_one_line(monkeypatch, tmp_path, capsys):
+    seen = _record_demo(monkeypatch)
+    assert cli.main(["auvmae", "demo", f"--workdir={tmp_path}", "--config.pretrain.num_train_stepz=2"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'num_train_stepz' in --config.pretrain.num_train_stepz=2" in err
+    assert "configs/demo.py" in err and len(err.splitlines()) == 1
+    assert cli.main(["auvmae", "demo", "--config=configs/pretrain.py:mini", f"--workdir={tmp_path}"]) == 1
+    assert capsys.readouterr().err == (
+        "auvmae demo: error: config configs/pretrain.py:mini: no pretrain or finetune section; demo takes a "
+        "file like configs/demo.py (a pre-training and a fine-tuning config)\n")
+    assert seen == {}

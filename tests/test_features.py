@@ -94,3 +94,27 @@ def test_bad_inputs(converted, tmp_path):
 
     with pytest.raises(UserError, match="converted checkpoint: predict needs a fine-tuned AU detector"):
         predict.predict_video(ckpt, "any.mp4", str(tmp_path / "o.csv"))
+
+
+def test_hop_longer_than_the_clip(converted, tmp_path):
+    # Per-frame features need every frame in a clip: a 4-frame clip with hop 5 would leave frame 4 out.
+    ckpt = features.load_checkpoint(converted)
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 255, (13, 32, 32, 3), dtype=np.uint8)
+    np.save(tmp_path / "frames.npy", frames)
+    with pytest.raises(UserError, match=r"^--hop=5: longer than the 4-frame clip of .*out, so the frames "
+                                        r"between clips would get no output; use --hop=4 or less$"):
+        features.extract_features(ckpt, str(tmp_path / "frames.npy"), str(tmp_path / "f.npy"), hop=5,
+                                  progress=False)
+    assert not (tmp_path / "f.npy").exists()
+    # Per-clip features may skip frames: clips at 0, 5 and the one ending at the last frame (9).
+    clips = features.extract_features(ckpt, str(tmp_path / "frames.npy"), str(tmp_path / "c.npy"),
+                                      pool="clip", hop=5, progress=False)
+    assert clips.shape == (3, 32)
+    np.testing.assert_allclose(clips[1], _direct(ckpt, frames, 5).mean(axis=0), atol=1e-5)
+    with open(tmp_path / "c_clips.csv") as f:
+        assert [r[1:3] for r in list(csv.reader(f))[1:]] == [["0", "3"], ["5", "8"], ["9", "12"]]
+    # A hop of exactly one clip covers every frame once.
+    out = features.extract_features(ckpt, str(tmp_path / "frames.npy"), str(tmp_path / "f.npy"), hop=4,
+                                    progress=False)
+    np.testing.assert_allclose(out[4:6], _direct(ckpt, frames, 4)[:1].repeat(2, axis=0), atol=1e-5)

@@ -178,3 +178,75 @@ def test_cli_predict_and_its_errors(workdir, tmp_path, capsys):
     assert "none.mp4: no such file" in err
     assert cli.main(["auvmae", "predict", f"--checkpoint={tmp_path}", f"--video={video}"]) == 1
     assert "no config.json" in capsys.readouterr().err
+
+
+def test_hop_longer_than_the_clip_is_a_one_line_error(workdir, tmp_path, capsys):
+    # With 8-frame clips, --hop=100 would run clips at 0 and 12 of 20 frames only: frames 8-11 lost.
+    rng = np.random.default_rng(1)
+    frames = np.repeat(rng.integers(0, 255, (20, 4, 4, 3), dtype=np.uint8), 8, axis=1).repeat(8, axis=2)
+    video = tmp_path / "crops.mp4"
+    video_io.write_video(video, frames, fps=10)
+    out = tmp_path / "a.csv"
+    assert cli.main(["auvmae", "predict", f"--checkpoint={workdir}", f"--video={video}", f"--output={out}",
+                     "--no-detect", "--hop=100"]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"auvmae predict: error: --hop=100: longer than the 8-frame clip of {workdir}, so the "
+                   "frames between clips would get no output; use --hop=8 or less\n")
+    assert not out.exists()
+    # A hop of one clip: starts 0, 8 and 12 (ending at the last frame); every frame predicted.
+    ckpt = features.load_checkpoint(workdir)
+    summary = predict.predict_video(ckpt, str(video), str(out), detect=False, hop=8, progress=False)
+    _, rows = read_csv(out)
+    assert summary["clips"] == 3 and summary["faces"] == 20 and all(r[2] == "1" for r in rows)
+    decoded = np.stack([f.rgb for f in video_io.iter_frames(video)])
+    got = np.array([[float(c) for c in r[7:]] for r in rows])
+    np.testing.assert_allclose(got, _expected(ckpt, decoded, hop=8), atol=1e-4)
+
+
+def test_npy_frames_are_for_features_only(workdir, tmp_path, capsys):
+    np.save(tmp_path / "frames.npy", np.zeros((8, 32, 32, 3), np.uint8))
+    npy = tmp_path / "frames.npy"
+    assert cli.main(["auvmae", "predict", f"--checkpoint={workdir}", f"--video={npy}"]) == 1
+    assert capsys.readouterr().err == (
+        f"auvmae predict: error: video {npy}: predict reads video files (mp4, avi, mov, "
+        "mkv, ...); .npy frames are taken by `auvmae features` only\n")
+    assert not (tmp_path / "frames_aus.csv").exists()
+
+
+def test_cli_default_output_and_one_summary(workdir, tmp_path, capsys, caplog):
+    frames, _ = face_video_frames(10, face=128, seed=8)
+    video = tmp_path / "talk.mp4"
+    video_io.write_video(video, frames, fps=25)
+    with caplog.at_level(logging.INFO, logger="auvmae"):
+        rc = cli.main(["auvmae", "predict", f"--checkpoint={workdir}", f"--video={video}", "--no-detect"])
+    assert rc == 0
+    _, rows = read_csv(tmp_path / "talk_aus.csv")  # the default: VIDEO_aus.csv beside the video
+    assert len(rows) == 10
+    out = capsys.readouterr().out
+    # 10 frames, 8-frame clips every 4: starts 0 and 2 (the last ends at the last frame).
+    assert out == f"{video}: 10 frames, 10 with a face, 2 clips -> {tmp_path / 'talk_aus.csv'}\n"
+    assert not [m for m in caplog.messages if "with a face" in m]  # not logged a second time
+
+
+def test_truncated_file_warns_once_on_its_own_line(workdir, tmp_path, capsys):
+    # Two passes read the file (faces, then crops); the warning comes once, not glued to the bar.
+    import re
+    import sys
+
+    frames, _ = face_video_frames(30, face=128, seed=7)
+    full = tmp_path / "full.avi"
+    video_io.write_video(full, frames, fps=25, codec="mpeg4")
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size * 8 // 10])
+    handler = logging.StreamHandler(sys.stderr)  # the console handler of `auvmae` (cli.setup_logging)
+    logging.root.addHandler(handler)
+    try:
+        predict.predict_video(features.load_checkpoint(workdir), str(cut), str(tmp_path / "c.csv"),
+                              progress=True)
+    finally:
+        logging.root.removeHandler(handler)
+    err = capsys.readouterr().err
+    pieces = re.split(r"[\r\n]", err)  # what a terminal shows: tqdm redraws after \r
+    warnings = [p for p in pieces if "cut.avi" in p]
+    assert len(warnings) == 1 and warnings[0].startswith(f"video {cut}: ") and "truncated" in warnings[0]
+    assert "finding faces: 100%" not in err and "frame/s]" in err  # the bar was drawn (and stopped early)

@@ -84,6 +84,13 @@ def test_truncated_file_yields_the_frames_that_decode(tmp_path, caplog):
     assert 5 < len(frames) < 40
     assert [f.index for f in frames] == list(range(len(frames)))
     assert "truncated" in caplog.text and "cut.avi" in caplog.text
+    # One warning per pass, not "decoding stopped" and "fewer frames than announced" both;
+    # warn=False (a second pass over a file already reported) says nothing and yields the same frames.
+    assert len([r for r in caplog.records if "cut.avi" in r.getMessage()]) == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="auvmae"):
+        again = list(video_io.iter_frames(cut, warn=False))
+    assert len(again) == len(frames) and caplog.records == []
 
 
 def test_unreadable_files_are_one_line_user_errors(tmp_path):
