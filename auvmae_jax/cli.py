@@ -220,6 +220,11 @@ def setup_logging() -> None:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax/jax chatter
+    root = logging.getLogger()
+    # Python's default handler, set up by a library (tfds, via absl) that logged while the config loaded
+    for handler in root.handlers[:]:
+        if handler.formatter is not None and handler.formatter._fmt == logging.BASIC_FORMAT:
+            root.removeHandler(handler)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("auvmae").setLevel(logging.INFO)
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"

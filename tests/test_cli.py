@@ -147,6 +147,20 @@ def test_job_commands_join_the_processes_first(monkeypatch, tmp_path):
     assert calls == [1]
 
 
+def test_log_lines_carry_the_time_even_after_a_library_logged_first():
+    import logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        root.handlers = []
+        logging.warning("a library logging before the CLI sets up")  # installs Python's default handler
+        cli.setup_logging()
+        assert [h.formatter._fmt for h in root.handlers] == ["%(asctime)s %(message)s"]
+    finally:
+        root.handlers, root.level = saved[0], saved[1]
+
+
 def test_command_help_lists_the_flags():
     rc, out, err = _auvmae("predict", "--help")
     assert rc == 0, err
