@@ -24,7 +24,8 @@ log = logging.getLogger("auvmae")
 def run(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict:
     """The demo with `config` (default: `configs/demo.py`), its `pretrain` and `finetune` sections.
 
-    The demo sets both sections' `data.data_dir` (WORKDIR/data) and `finetune.init_from`.
+    Empty `data.data_dir`s become WORKDIR/data and an empty `finetune.init_from` WORKDIR/pretrain
+    (`configs/demo.py` leaves them empty; an override stands).
     """
     from configs import demo as demo_config
 
@@ -34,11 +35,11 @@ def run(workdir: str, config: ml_collections.ConfigDict | None = None) -> dict:
     data_dir = os.path.join(workdir, "data")
     pre_dir, ft_dir = os.path.join(workdir, "pretrain"), os.path.join(workdir, "finetune")
 
-    config.pretrain.data.data_dir = data_dir
+    config.pretrain.data.data_dir = config.pretrain.data.data_dir or data_dir
     _, pre_history = pretrain.train(config.pretrain, pre_dir)
 
-    config.finetune.data.data_dir = data_dir
-    config.finetune.init_from = pre_dir
+    config.finetune.data.data_dir = config.finetune.data.data_dir or data_dir
+    config.finetune.init_from = config.finetune.init_from or pre_dir
     _, ft_history = finetune.train(config.finetune, ft_dir)
     result = evaluation.evaluate_workdir(ft_dir)
 

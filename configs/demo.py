@@ -29,6 +29,7 @@ MODEL = dict(preset="mini", patch_size=8, dtype="float32")  # CPU: bf16 matmuls 
 def pretrain_config() -> ml_collections.ConfigDict:
     config = pretrain.get_config("mini")
     config.data.synthetic = dict(SYNTHETIC)
+    config.data.data_dir = ""  # empty: WORKDIR/data
     config.data.image_size = SYNTHETIC["image_size"]
     config.data.num_frames = SYNTHETIC["clip_length"]
     config.data.train_split = "part2+part3"  # fold 1's training subjects: none of the test faces
@@ -50,6 +51,8 @@ def finetune_config() -> ml_collections.ConfigDict:
     """Video level, all three losses, fold 1: tested on subjects never trained on."""
     config = finetune.get_config("synthetic,video,1")
     config.data.synthetic = dict(SYNTHETIC)
+    config.data.data_dir = ""  # empty: WORKDIR/data
+    config.init_from = ""  # empty: WORKDIR/pretrain
     config.clip_length = SYNTHETIC["clip_length"]
     config.data.image_size = SYNTHETIC["image_size"]
     config.model.update(MODEL)
@@ -72,5 +75,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = ml_collections.ConfigDict()
     config.pretrain = pretrain_config()
-    config.finetune = finetune_config()  # init_from = the pre-training workdir, set by the demo
+    config.finetune = finetune_config()
     return config

@@ -232,6 +232,13 @@ def test_demo_runs_configs_demo_with_its_overrides(monkeypatch, tmp_path, capsys
     assert cli.main(["auvmae", "demo", f"--config={ROOT}/configs/demo.py", f"--workdir={tmp_path}",
                      "--config.finetune.num_train_steps=5"]) == 0
     assert (seen["pretrain"][0].num_train_steps, seen["finetune"][0].num_train_steps) == (1000, 5)
+    # A data dir or an init_from given on the command line stands.
+    assert cli.main(["auvmae", "demo", f"--workdir={tmp_path}",
+                     f"--config.pretrain.data.data_dir={tmp_path}/d",
+                     f"--config.finetune.init_from={tmp_path}/converted"]) == 0
+    assert seen["pretrain"][0].data.data_dir == f"{tmp_path}/d"
+    assert seen["finetune"][0].data.data_dir == str(tmp_path / "data")
+    assert seen["finetune"][0].init_from == f"{tmp_path}/converted"
 
 
 def test_demo_bad_config_is_one_line(monkeypatch, tmp_path, capsys):
