@@ -132,6 +132,7 @@ class Track:
     boxes: list[faces.Box | None]
     detected: int  # frames where the detector itself found a face
     angles: list[float] | None = None  # smoothed eye-line angles (degrees); None: no alignment
+    found: list[bool] | None = None  # per frame: the detector found a face; None: no detector
 
 
 @contextlib.contextmanager
@@ -170,10 +171,10 @@ def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool =
             else:
                 raw.append(detector.detect(frame.rgb))
             bar.update(1)
-    detected = sum(b is not None for b in raw)
+    found = None if detector is None else [b is not None for b in raw]
     boxes = raw if detector is None else faces.smooth_boxes(raw, max_gap=max_gap, window=window)
     angles = faces.smooth_angles(raw_angles, window=window) if detector is not None and align else None
-    return Track(times, boxes, detected, angles)
+    return Track(times, boxes, sum(found) if found else 0, angles, found)
 
 
 def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float = 1.25,
@@ -306,19 +307,23 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
 
     `pool='frame'`: `[T, D]`, each frame the mean over the clips covering it of its
     temporal token's spatial mean. `pool='clip'`: `[num_clips, D]`, the mean of each
-    clip's tokens, with `output`'s `_clips.csv` giving each clip's frames.
+    clip's tokens, with `output`'s `_clips.csv` giving each clip's frames. A video also
+    gets `output`'s `_frames.csv`: each frame's timestamp and whether the detector found
+    a face in it (`face_detected` 1/0; empty with `detect=False`). Frames without a face
+    take the crop of the nearest face, so their features are of a neighbouring face.
     """
     if pool not in ("frame", "clip"):
         raise UserError(f"--pool={pool}: expected 'frame' or 'clip'")
     w, s = ckpt.window, ckpt.image_size
     hop = clip_hop(hop, ckpt, gaps=pool == "clip")  # per-clip features may skip frames; per-frame not
+    found = None
     if source.endswith(".npy"):
         arr = load_frames_npy(source)
         n, times, crops = len(arr), None, array_crops(arr, s)
     else:
         track = track_faces(source, faces.FaceDetector(detector) if detect else None, progress,
                             max_gap=None, align=align)
-        n, times = len(track.boxes), track.timestamps
+        n, times, found = len(track.boxes), track.timestamps, track.found
         scale = 1.25 if detect else 1.0
         if detect and track.detected == 0:
             log.warning("%s: no face found in any frame; features are of the whole frame", source)
@@ -343,6 +348,10 @@ def extract_features(ckpt: Checkpoint, source: str, output: str, pool: str = "fr
         rows += [[k, start, min(start + w, n) - 1, f"{times[start]:.3f}" if times else ""]
                  for k, (start, _) in enumerate(clips)]
         write_csv_rows(os.path.splitext(output)[0] + "_clips.csv", rows)
+    if times is not None:
+        rows = [["frame", "timestamp", "face_detected"]]
+        rows += [[i, f"{t:.3f}", "" if found is None else int(found[i])] for i, t in enumerate(times)]
+        write_csv_rows(os.path.splitext(output)[0] + "_frames.csv", rows)
     log.info("features %s of %d frames -> %s", list(result.shape), n, output)
     return result
 

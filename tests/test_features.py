@@ -79,6 +79,25 @@ def test_video_with_faces_through_the_cli(converted, tmp_path):
     feats = np.load(out)
     assert feats.shape == (9, 32) and np.isfinite(feats).all()
     assert np.abs(feats[0] - feats[8]).max() > 1e-4  # frames differ, features do
+    with open(tmp_path / "feats_frames.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["frame", "timestamp", "face_detected"] and len(rows) == 10
+    assert [r[1] for r in rows[1:4]] == ["0.000", "0.040", "0.080"] and {r[2] for r in rows[1:]} == {"1"}
+
+
+def test_frames_without_a_face_are_flagged(converted, tmp_path):
+    frames, _ = face_video_frames(9, face=128, seed=4)
+    frames[3:6] = 96  # the face leaves for three frames
+    video = tmp_path / "v.mp4"
+    video_io.write_video(video, frames, fps=25)
+    ckpt = features.load_checkpoint(converted)
+    feats = features.extract_features(ckpt, str(video), str(tmp_path / "f.npy"), progress=False)
+    assert feats.shape == (9, 32) and np.isfinite(feats).all()
+    with open(tmp_path / "f_frames.csv") as f:
+        assert [r[2] for r in list(csv.reader(f))[1:]] == list("111000111")
+    features.extract_features(ckpt, str(video), str(tmp_path / "g.npy"), detect=False, progress=False)
+    with open(tmp_path / "g_frames.csv") as f:
+        assert {r[2] for r in list(csv.reader(f))[1:]} == {""}
 
 
 def test_bad_inputs(converted, tmp_path):
