@@ -230,6 +230,22 @@ def setup_logging() -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
 
 
+def setup_compilation_cache() -> None:
+    """XLA's compiled programs persist on disk, so a resumed or repeated run skips the compile.
+
+    In `$JAX_COMPILATION_CACHE_DIR` where that is set (empty: no cache), else in
+    `${XDG_CACHE_HOME:-~/.cache}/auvmae/jax`. jax keys each entry on the program, the
+    compiler options, the devices and its own version; programs that compiled in under
+    `jax_persistent_cache_min_compile_time_secs` (1 s) are not stored.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # jax read it at import
+    import jax
+
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "auvmae", "jax"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -256,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"auvmae {command}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     setup_logging()
+    setup_compilation_cache()
     try:
         if command in DISTRIBUTED_COMMANDS:
             from auvmae_jax import distributed

@@ -7,6 +7,8 @@ import os
 # Quiet TF-free TFDS and keep XLA on one host device unless a test asks for more
 # (multi-device tests start their own subprocess with the flag set).
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# No persistent compilation cache (the CLI's default is ~/.cache/auvmae/jax): tests compile afresh.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 import pytest  # noqa: E402
 

@@ -161,6 +161,31 @@ def test_log_lines_carry_the_time_even_after_a_library_logged_first():
         root.handlers, root.level = saved[0], saved[1]
 
 
+_COMPILE = """
+from auvmae_jax import cli
+cli.setup_compilation_cache()
+import jax, jax.numpy as jnp
+print(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)).sum())
+"""
+
+
+@pytest.mark.parametrize("env_dir", [None, "", "own"])
+def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=ROOT)
+    if env_dir is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = env_dir and str(tmp_path / env_dir)
+    for _ in range(2):  # the second run reads what the first wrote
+        proc = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "9.0", proc.stderr
+    default = glob.glob(str(tmp_path / "xdg/auvmae/jax/jit__lambda-*"))
+    own = glob.glob(str(tmp_path / "own/jit__lambda-*"))
+    # None: the CLI's default dir; "": the user turned the cache off; "own": the user's dir
+    assert (len(default), len(own)) == {None: (1, 0), "": (0, 0), "own": (0, 1)}[env_dir]
+
+
 def test_command_help_lists_the_flags():
     rc, out, err = _auvmae("predict", "--help")
     assert rc == 0, err
