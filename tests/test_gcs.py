@@ -219,7 +219,7 @@ def test_training_writes_its_workdir_into_a_bucket_and_resumes_from_it(tmp_path)
     # `predict` and `features` read their checkpoints from the bucket and write their files there.
     assert out["predicted_frames"] == 12 and out["csv_rows"] == 13  # a header, then one row per frame
     assert out["csv_header"] == ["frame", "timestamp", "success"]
-    assert out["out"] == ["aus.csv", "aus.png", "f.npy", "f_clips.csv"]
+    assert out["out"] == ["aus.csv", "aus.png", "f.npy", "f_clips.csv", "f_frames.csv"]
     assert out["features_equal"] and out["features_shape"][1] == 32  # one mini feature row per clip
     assert out["converted"] == ["converted", 32, 4]  # `auvmae convert --output=gs://...`, read back
 
