@@ -30,6 +30,7 @@ setup(
         "safetensors",
         "tqdm",
         "etils[epath]",  # workdir paths, gs:// included (orbax needs it too)
+        "filelock",  # jax's compilation cache with a size limit locks it
     ],
     extras_require={
         "test": ["pytest", "pytest-xdist",  # the suite runs on every core (-n auto)

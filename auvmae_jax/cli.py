@@ -230,13 +230,18 @@ def setup_logging() -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)  # e.g. "Unable to initialize backend 'tpu'"
 
 
+CACHE_BYTES = 4 << 30  # the default compilation cache's size limit
+
+
 def setup_compilation_cache() -> None:
     """XLA's compiled programs persist on disk, so a resumed or repeated run skips the compile.
 
     In `$JAX_COMPILATION_CACHE_DIR` where that is set (empty: no cache), else in
-    `${XDG_CACHE_HOME:-~/.cache}/auvmae/jax`. jax keys each entry on the program, the
-    compiler options, the devices and its own version; programs that compiled in under
-    `jax_persistent_cache_min_compile_time_secs` (1 s) are not stored.
+    `${XDG_CACHE_HOME:-~/.cache}/auvmae/jax`, at most `CACHE_BYTES` there (the least recently
+    used entries go; `$JAX_COMPILATION_CACHE_MAX_SIZE` sets another limit, -1 none). jax
+    keys each entry on the program, the compiler options, the devices and its own version;
+    programs that compiled in under `jax_persistent_cache_min_compile_time_secs` (1 s) are
+    not stored.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return  # jax read it at import
@@ -244,6 +249,8 @@ def setup_compilation_cache() -> None:
 
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "auvmae", "jax"))
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_BYTES)
 
 
 def main(argv: list[str] | None = None) -> int:

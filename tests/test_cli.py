@@ -169,21 +169,27 @@ print(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)).sum())
 """
 
 
-@pytest.mark.parametrize("env_dir", [None, "", "own"])
-def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir):
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+@pytest.mark.parametrize("env_dir,max_size", [(None, None), ("", None), ("own", None), (None, "100")])
+def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir, max_size):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                PYTHONPATH=ROOT)
     if env_dir is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = env_dir and str(tmp_path / env_dir)
+    if max_size is not None:
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = max_size
     for _ in range(2):  # the second run reads what the first wrote
         proc = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True,
                               timeout=120)
         assert proc.returncode == 0 and proc.stdout.strip() == "9.0", proc.stderr
-    default = glob.glob(str(tmp_path / "xdg/auvmae/jax/jit__lambda-*"))
-    own = glob.glob(str(tmp_path / "own/jit__lambda-*"))
-    # None: the CLI's default dir; "": the user turned the cache off; "own": the user's dir
-    assert (len(default), len(own)) == {None: (1, 0), "": (0, 0), "own": (0, 1)}[env_dir]
+    default = glob.glob(str(tmp_path / "xdg/auvmae/jax/jit__lambda-*-cache"))
+    own = glob.glob(str(tmp_path / "own/jit__lambda-*-cache"))
+    # None: the CLI's default dir; "": the user turned the cache off; "own": the user's dir;
+    # a user's limit of 100 bytes holds no program
+    want = {(None, None): (1, 0), ("", None): (0, 0), ("own", None): (0, 1), (None, "100"): (0, 0)}
+    assert (len(default), len(own)) == want[env_dir, max_size]
+    if (env_dir, max_size) == (None, None):  # the default dir has a size limit: jax keeps access times
+        assert len(glob.glob(str(tmp_path / "xdg/auvmae/jax/jit__lambda-*-atime"))) == 1
 
 
 def test_command_help_lists_the_flags():
