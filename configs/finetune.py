@@ -8,6 +8,7 @@ VideoMAE's fine-tuning recipe: 128-frame clips, ViT-B, 20 epochs, lambdas 1/0.01
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -42,9 +43,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.crop_scale = (0.8, 1.0)  # faces are pre-cropped: mild crops keep every AU region
     config.data.synthetic.clip_length = clip_length
     config.init_from = ""  # a pre-training workdir or a converted checkpoint dir
+    # None fields are placeholders, so that the command line can set them (configs/pretrain.py)
     config.model = dict(preset="B", patch_size=16, tubelet_size=2, dtype="bfloat16", remat=False,
-                        attention_impl=None, attention_chunk=1024, drop_path=0.1, layer_norm_eps=1e-6,
-                        head_norm_eps=None, final_norm=False)
+                        attention_impl=placeholder(str), attention_chunk=1024, drop_path=0.1,
+                        layer_norm_eps=1e-6, head_norm_eps=placeholder(float), final_norm=False)
     config.loss = dict(l_cls=1.0, l_intra=0.01, l_inter=0.01, kind="fro")  # kind: fro | mse
     config.optimizer = common.optimizer_config(base_lr=1e-3)
     config.optimizer.b2 = 0.999

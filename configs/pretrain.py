@@ -8,6 +8,7 @@ lr 1.5e-4 * batch / 256, 40 warm-up epochs then cosine, 500 epochs.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from configs import common
 
@@ -25,9 +26,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # face_videos/mead:1" (weights are relative), each read from its `mixture_split`.
     config.data.mixture = ""
     config.data.mixture_split = "train"
-    config.model = dict(preset=preset, patch_size=16, tubelet_size=2, dtype="bfloat16",
-                        remat=False, attention_impl=None, attention_chunk=1024, drop_path=0.0,
-                        layer_norm_eps=1e-6, head_norm_eps=None)
+    # attention_impl None: auto (models.py); None fields are placeholders, so that the
+    # command line can set them (--config.model.attention_impl=xla)
+    config.model = dict(preset=preset, patch_size=16, tubelet_size=2, dtype="bfloat16", remat=False,
+                        attention_impl=placeholder(str), attention_chunk=1024, drop_path=0.0,
+                        layer_norm_eps=1e-6, head_norm_eps=placeholder(float))
     config.mask_ratio = 0.9
     # 0: the decoder predicts every masked tubelet (the paper). 0.5: VideoMAE V2's dual
     # masking, a running-cell mask keeps half of each frame's tokens for the decoder and the

@@ -78,6 +78,18 @@ def test_every_config_file_loads(path):
         assert json.loads(config.to_json())  # serialisable, as the workdir's config.json
 
 
+@pytest.mark.parametrize("config", ["configs/pretrain.py:mini", "configs/finetune.py:synthetic,video,1"])
+def test_fields_that_default_to_none_take_overrides(config):
+    # attention_impl and head_norm_eps default to None (auto / the layer_norm_eps); the README
+    # and launch/tpu_pod.sh tell users to set them on the command line.
+    cli._parse_flags(["auvmae pretrain", f"--config={config}", "--config.model.attention_impl=splash",
+                      "--config.model.head_norm_eps=1e-5"])
+    model = cli.FLAGS.config.model
+    assert (model.attention_impl, model.head_norm_eps) == ("splash", 1e-5)
+    cli._parse_flags(["auvmae pretrain", f"--config={config}"])
+    assert (cli.FLAGS.config.model.attention_impl, cli.FLAGS.config.model.head_norm_eps) == (None, None)
+
+
 def test_unknown_config_key_is_one_line(tmp_path):
     rc, _, err = _auvmae("pretrain", "--config=configs/pretrain.py:mini", f"--workdir={tmp_path}",
                          "--config.model.presett=B")
