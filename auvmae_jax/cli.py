@@ -28,9 +28,9 @@ flags.DEFINE_string("manual_dir", None, "build-data: the dataset's folders as it
 flags.DEFINE_string("data_dir", "~/tensorflow_datasets", "build-data: where the built records go.")
 flags.DEFINE_integer("clip_length", None, "build-data: frames per clip (default: 128; face videos 64).")
 flags.DEFINE_integer("clip_stride", None, "build-data: frames between clip starts (default: clip length).")
-flags.DEFINE_integer("image_size", 224, "build-data: side of the square face crops.")
+flags.DEFINE_integer("image_size", 224, "build-data: side of the face crops; convert: the source's.")
 flags.DEFINE_bool("detect", True, "build-data, features, predict: detect, crop faces (--no-detect: crops).")
-flags.DEFINE_bool("align", True, "build-data, features, predict: rotate face crops so the eyes are level.")
+flags.DEFINE_bool("align", True, "build-data, features, predict: rotate crops, eyes level (--no-align).")
 flags.DEFINE_integer("workers", 1, "build-data: local processes preparing videos.")
 flags.DEFINE_string("beam_pipeline_options", "", "build-data: run on Apache Beam, e.g. runner=DirectRunner.")
 flags.DEFINE_string("checkpoint", None, "features, predict: a training workdir or a converted dir.")
@@ -61,15 +61,15 @@ commands:
   priors     AU-pair priors and heat maps: --config=configs/finetune.py:... --workdir=DIR [--pair=6,12]
              (a fine-tuning workdir alone: its config, and its model's learned matrices beside)
   build-data a real dataset into ArrayRecord clips: --dataset=disfa --manual_dir=DIR --data_dir=DIR
-             [--clip_length=128 --clip_stride=N --image_size=224 --no-detect --workers=N
+             [--clip_length=128 --clip_stride=N --image_size=224 --no-detect --no-align --workers=N
               --beam_pipeline_options=runner=DirectRunner,...]
   convert    PyTorch VideoMAE weights to a checkpoint dir: --source=FILE_OR_HF_DIR --output=DIR
              [--trust-pickle --heads=N --dec_heads=N --num_frames=N --image_size=N]
   features   encoder features of a video: --checkpoint=DIR --video=FILE|FRAMES.npy --output=FEATS.npy
-             [--pool=clip --no-detect --detector=mtcnn]
+             [--pool=clip --no-detect --no-align --detector=mtcnn]
   predict    AUs in every frame of a video: --checkpoint=DIR --video=FILE
              [--output=CSV (default: VIDEO_aus.csv beside the video) --plot=aus.png
-              --no-detect --detector=mtcnn --batch_size=4 --hop=N (at most a clip)]
+              --no-detect --no-align --detector=mtcnn --batch_size=4 --hop=N (at most a clip)]
 
 `auvmae COMMAND --help` lists the flags."""
 
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nflags (each command reads the ones that name it; --config.KEY=VALUE overrides a config):")
         print(FLAGS.module_help(__name__))
         return 0
-    args = ["--nodetect" if a == "--no-detect" else a for a in argv[2:]]
+    args = [{"--no-detect": "--nodetect", "--no-align": "--noalign"}.get(a, a) for a in argv[2:]]
     if command == "demo" and not any(a == "--config" or a.startswith("--config=") for a in args):
         args.insert(0, f"--config={_demo_config_path()}")  # so that --config.KEY=VALUE shrinks the demo
     try:

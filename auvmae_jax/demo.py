@@ -62,4 +62,6 @@ def _losses(history: list[dict], digits: int) -> str:
     if not history:
         return "loss: nothing left to train (the workdir's last checkpoint is its final step)"
     first, last = history[0], history[-1]
+    if len(history) == 1:
+        return f"loss {last['loss']:.{digits}f} at step {last['step']} (the one step logged)"
     return f"loss {first['loss']:.{digits}f} -> {last['loss']:.{digits}f} by step {last['step']}"

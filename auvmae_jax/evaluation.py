@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 
 import flax.linen as nn
 import jax
@@ -110,7 +111,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
     """Evaluate the latest checkpoint of a fine-tuning workdir on its test fold (or `split`).
 
-    Writes `WORKDIR/metrics.json` and `WORKDIR/metrics.md`; returns the metrics.
+    Writes `WORKDIR/metrics.json` and `WORKDIR/metrics.md` (another split:
+    `metrics_SPLIT.json` and `.md`, so the test fold's scores stay); returns the metrics.
     """
     from auvmae_jax import finetune
 
@@ -119,7 +121,8 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
         raise UserError(f"{workdir} is not a fine-tuning workdir (task {config.get('task')!r})")
     builder = input_pipeline.load_builder(config.data)
     aus = finetune.aus_of(builder)
-    split = split or finetune.splits(config, builder)[1]
+    test_split = finetune.splits(config, builder)[1]
+    split = split or test_split
     source = input_pipeline.data_source(builder, split)
     model = finetune.build_model(config, len(aus))
     params = finetune.load_checkpoint_params(workdir)
@@ -129,15 +132,17 @@ def evaluate_workdir(workdir: str, split: str | None = None) -> dict:
         result = evaluator.evaluate(params)
     result["split"] = split
     name = os.path.basename(paths.resolve(workdir).rstrip("/"))
-    write_metrics(workdir, result, aus, title=f"{name} ({split})")
+    stem = "metrics" if split == test_split else "metrics_" + re.sub(r"[^\w+-]+", "_", split).strip("_")
+    write_metrics(workdir, result, aus, title=f"{name} ({split})", stem=stem)
     return result
 
 
-def write_metrics(workdir: str, result: dict, aus: list[int], title: str) -> None:
+def write_metrics(workdir: str, result: dict, aus: list[int], title: str, stem: str = "metrics") -> None:
+    """`WORKDIR/STEM.json` (the metrics) and `STEM.md` (the table, also printed); process 0."""
     if jax.process_index() != 0:
         return
-    paths.write_json(paths.join(workdir, "metrics.json"), result)
+    paths.write_json(paths.join(workdir, f"{stem}.json"), result)
     table = metrics.markdown_table({title: result, "all-positive baseline": metrics.baseline_row(result)},
                                    aus)
-    paths.write_text(paths.join(workdir, "metrics.md"), table + "\n")
+    paths.write_text(paths.join(workdir, f"{stem}.md"), table + "\n")
     print(table)

@@ -90,6 +90,15 @@ def test_fields_that_default_to_none_take_overrides(config):
     assert (cli.FLAGS.config.model.attention_impl, cli.FLAGS.config.model.head_norm_eps) == (None, None)
 
 
+def test_no_detect_and_no_align_spellings(monkeypatch):
+    seen = []
+    monkeypatch.setitem(cli.COMMANDS, "predict", lambda: seen.append((cli.FLAGS.detect, cli.FLAGS.align)))
+    for args, want in [([], (True, True)), (["--no-detect", "--no-align"], (False, False)),
+                       (["--nodetect"], (False, True)), (["--noalign"], (True, False))]:
+        assert cli.main(["auvmae", "predict", *args]) == 0
+        assert seen.pop() == want, args
+
+
 def test_unknown_config_key_is_one_line(tmp_path):
     rc, _, err = _auvmae("pretrain", "--config=configs/pretrain.py:mini", f"--workdir={tmp_path}",
                          "--config.model.presett=B")
@@ -252,6 +261,15 @@ def _record_demo(monkeypatch):
     monkeypatch.setattr(demo.evaluation, "evaluate_workdir", lambda workdir: dict(
         split="part1", f1_mean=0.6, baseline_f1_mean=0.2, acc_mean=0.8))
     return seen
+
+
+def test_demo_loss_summary():
+    from auvmae_jax.demo import _losses
+
+    two = [{"step": 100, "loss": 1.2}, {"step": 200, "loss": 0.51}]
+    assert _losses(two, 2) == "loss 1.20 -> 0.51 by step 200"
+    assert _losses([{"step": 100, "loss": 1.2}], 3) == "loss 1.200 at step 100 (the one step logged)"
+    assert _losses([], 3).startswith("loss: nothing left to train")
 
 
 def test_demo_runs_configs_demo_with_its_overrides(monkeypatch, tmp_path, capsys):

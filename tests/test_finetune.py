@@ -273,6 +273,12 @@ def test_evaluate_priors_and_crossval_write_their_files(synthetic_data_dir, tmp_
     assert list(saved["f1"]) == [f"AU{a}" for a in (1, 2, 4, 6, 7, 9, 10, 12, 15, 17, 23, 24, 25, 26)]
     assert np.isclose(saved["f1_mean"], np.mean(list(saved["f1"].values())))
     assert "| AU1 |" in (tmp_path / "ft" / "metrics.md").read_text()
+    # Another split gets its own files; the test fold's stay.
+    other = evaluation.evaluate_workdir(str(tmp_path / "ft"), "part2[:4]")
+    assert json.loads((tmp_path / "ft" / "metrics_part2_4.json").read_text()) == other
+    assert other["split"] == "part2[:4]"
+    assert "(part2[:4])" in (tmp_path / "ft" / "metrics_part2_4.md").read_text()
+    assert json.loads((tmp_path / "ft" / "metrics.json").read_text()) == saved
 
     # The evaluator's probabilities are the model's on each test clip (part1), in record order; the
     # last clip's last 3 frames made padding (valid = 0), as at a video's end.
