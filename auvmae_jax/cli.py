@@ -244,13 +244,16 @@ def setup_compilation_cache() -> None:
     not stored.
     """
     if "JAX_COMPILATION_CACHE_DIR" in os.environ:
-        return  # jax read it at import
-    import jax
-
+        return  # jax reads it at import
+    # Through the environment, which jax reads at import (commands that never import jax, such as
+    # build-data, do not pay for importing it here), and which child processes inherit.
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(cache, "auvmae", "jax"))
-    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
-        jax.config.update("jax_compilation_cache_max_size", CACHE_BYTES)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(cache, "auvmae", "jax")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(CACHE_BYTES))
+    if "jax" in sys.modules:  # imported already: it read the environment before these were set
+        jax = sys.modules["jax"]
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -183,6 +183,9 @@ def test_log_lines_carry_the_time_even_after_a_library_logged_first():
 
 
 _COMPILE = """
+import sys
+if sys.argv[1] == "jax_first":
+    import jax
 from auvmae_jax import cli
 cli.setup_compilation_cache()
 import jax, jax.numpy as jnp
@@ -190,8 +193,10 @@ print(jax.jit(lambda x: x * 2 + 1)(jnp.ones(3)).sum())
 """
 
 
-@pytest.mark.parametrize("env_dir,max_size", [(None, None), ("", None), ("own", None), (None, "100")])
-def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir, max_size):
+@pytest.mark.parametrize("env_dir,max_size,order", [(None, None, "cli_first"), (None, None, "jax_first"),
+                                                    ("", None, "cli_first"), ("own", None, "cli_first"),
+                                                    (None, "100", "cli_first"), (None, "100", "jax_first")])
+def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir, max_size, order):
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                PYTHONPATH=ROOT)
@@ -200,8 +205,8 @@ def test_compiled_programs_are_cached_on_disk(tmp_path, env_dir, max_size):
     if max_size is not None:
         env["JAX_COMPILATION_CACHE_MAX_SIZE"] = max_size
     for _ in range(2):  # the second run reads what the first wrote
-        proc = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True,
-                              timeout=120)
+        proc = subprocess.run([sys.executable, "-c", _COMPILE, order], env=env, capture_output=True,
+                              text=True, timeout=120)
         assert proc.returncode == 0 and proc.stdout.strip() == "9.0", proc.stderr
     default = glob.glob(str(tmp_path / "xdg/auvmae/jax/jit__lambda-*-cache"))
     own = glob.glob(str(tmp_path / "own/jit__lambda-*-cache"))
