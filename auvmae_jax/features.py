@@ -130,9 +130,13 @@ class Track:
 
     timestamps: list[float]
     boxes: list[faces.Box | None]
-    detected: int  # frames where the detector itself found a face
+    found: list[bool] | None  # per frame: the detector itself found a face; None: no detector
     angles: list[float] | None = None  # smoothed eye-line angles (degrees); None: no alignment
-    found: list[bool] | None = None  # per frame: the detector found a face; None: no detector
+
+    @property
+    def detected(self) -> int:
+        """Frames where the detector itself found a face."""
+        return sum(self.found) if self.found else 0
 
 
 @contextlib.contextmanager
@@ -174,7 +178,7 @@ def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool =
     found = None if detector is None else [b is not None for b in raw]
     boxes = raw if detector is None else faces.smooth_boxes(raw, max_gap=max_gap, window=window)
     angles = faces.smooth_angles(raw_angles, window=window) if detector is not None and align else None
-    return Track(times, boxes, sum(found) if found else 0, angles, found)
+    return Track(times, boxes, found, angles)
 
 
 def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float = 1.25,
