@@ -4,6 +4,8 @@ Decoding yields one frame at a time, so memory stays bounded for long videos. An
 container/codec FFmpeg reads works (mp4, avi, mov, mkv; h264, hevc, mpeg4, ...).
 A file that cannot be opened is a `UserError` naming it; a file that breaks off
 part-way (truncated, corrupt tail) yields the frames that decode, then a warning.
+Frames come upright, as a player shows them: a display rotation in the container
+(phones store portrait videos as landscape frames plus a rotation) is applied.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class Frame(NamedTuple):
 
 
 class VideoInfo(NamedTuple):
-    """Frame rate, frame count (estimated from the duration where the container has none), size."""
+    """Frame rate, frame count (estimated from the duration where the container has none), and
+    the size of the frames as decoded (upright: after the display rotation)."""
 
     fps: float
     num_frames: int
@@ -66,6 +69,23 @@ def _fps(stream) -> float:
     return float(rate) if rate else 0.0
 
 
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """`rgb` `[H, W, 3]` turned as its container's display matrix says: `rotation` degrees
+    counter-clockwise (PyAV's `VideoFrame.rotation`, FFmpeg's `av_display_rotation_get`),
+    rounded to a quarter turn (a player shows other angles tilted; here they are rounded,
+    with one warning per file from `iter_frames`). Mirroring in the matrix (rare) is not applied."""
+    quarters = int(round(rotation / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, quarters)) if quarters else rgb
+
+
+def _rotation(frame) -> float:
+    """The frame's display rotation in degrees counter-clockwise (0 where PyAV cannot tell)."""
+    try:
+        return float(getattr(frame, "rotation", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def probe(path: str | os.PathLike) -> VideoInfo:
     """Frame rate, frame count, width and height of the first video stream of `path`."""
     path = os.fspath(path)
@@ -83,7 +103,14 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 seconds = 0.0
             count = int(round(seconds * fps))
         ctx = stream.codec_context
-        return VideoInfo(fps=fps, num_frames=count, width=int(ctx.width), height=int(ctx.height))
+        width, height = int(ctx.width), int(ctx.height)
+        try:  # the display rotation is frame side data: read it off the first frame
+            rotation = _rotation(next(container.decode(stream)))
+        except (StopIteration, *_READ_ERRORS):
+            rotation = 0.0
+        if int(round(rotation / 90.0)) % 2:
+            width, height = height, width
+        return VideoInfo(fps=fps, num_frames=count, width=width, height=height)
     finally:
         container.close()
 
@@ -91,6 +118,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
     """Decode the first video stream of `path` frame by frame, as RGB uint8 `[H, W, 3]`.
 
+    Each frame is turned upright by the container's display rotation (`upright`).
     Timestamps are the frames' presentation times relative to the first frame (the
     index divided by the frame rate where the file has none). Decoding errors after
     the first frame end the iteration with one warning (truncated files; `warn=False`:
@@ -105,7 +133,7 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
         stream.thread_type = "AUTO"  # frame + slice threads: faster, same frames
         fps = _fps(stream)
         announced = int(stream.frames or 0)
-        t0 = None
+        t0, tilted = None, False
         decoded = container.decode(stream)
         while True:
             try:
@@ -125,7 +153,12 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
                 t = index / fps if fps else float(index)
             if t0 is None:
                 t0 = t
-            yield Frame(index, float(t - t0), frame.to_ndarray(format="rgb24"))
+            rotation = _rotation(frame)
+            if rotation % 90 and not tilted:
+                log.warning("video %s: display rotation of %g degrees, rounded to %d", path, rotation,
+                            90 * int(round(rotation / 90.0)))
+                tilted = True
+            yield Frame(index, float(t - t0), upright(frame.to_ndarray(format="rgb24"), rotation))
             index += 1
     finally:
         container.close()

@@ -89,6 +89,29 @@ def test_synthetic_faces_video(workdir, tmp_path):
     assert Image.open(tmp_path / "aus.png").size[0] > 500
 
 
+def test_a_video_stored_sideways_with_a_display_rotation_is_read_upright(workdir, tmp_path):
+    import av
+
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation")
+    from tests.test_video_io import _write_rotated
+
+    # A phone's portrait video: the frames stored turned a quarter clockwise, and the container
+    # telling players to turn them back (90 degrees counter-clockwise).
+    frames, truth = face_video_frames(12, face=128, seed=5)
+    _write_rotated(tmp_path / "upright.mp4", list(frames), 0)
+    _write_rotated(tmp_path / "sideways.mp4", [np.rot90(f, -1) for f in frames], 90)
+    ckpt = features.load_checkpoint(workdir)
+    out = {}
+    for name in ("upright", "sideways"):
+        summary = predict.predict_video(ckpt, str(tmp_path / f"{name}.mp4"), str(tmp_path / f"{name}.csv"),
+                                        progress=False)
+        assert summary["detected"] >= 11, (name, summary)
+        out[name] = np.array([[float(c) for c in r[3:]] for r in read_csv(tmp_path / f"{name}.csv")[1]])
+    np.testing.assert_allclose(out["sideways"][:, :4], out["upright"][:, :4], atol=2)  # face boxes
+    np.testing.assert_allclose(out["sideways"][:, 4:], out["upright"][:, 4:], atol=0.05)  # AU probabilities
+
+
 def _expected(ckpt, frames, hop):
     """Per-frame probabilities computed directly: model on each window, overlaps averaged."""
     model = AUDetector(ckpt.vit, len(ckpt.aus))

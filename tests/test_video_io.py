@@ -35,6 +35,53 @@ def test_decodes_every_frame_with_timestamps(tmp_path, ext, codec):
     np.testing.assert_allclose(levels, 10 + 6 * np.arange(30), atol=4.5)  # a shift by one is 6
 
 
+def _write_rotated(path, frames, degrees: int):
+    """A video whose container says: show these frames turned `degrees` counter-clockwise."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "10"}
+        stream.set_display_rotation(degrees)
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+
+
+@pytest.mark.parametrize("degrees,corner", [(0, (0, 0)), (90, (1, 0)), (-90, (0, 1)), (180, (1, 1)),
+                                            (80, (1, 0))])
+def test_frames_come_upright_as_the_display_rotation_says(tmp_path, caplog, degrees, corner):
+    import av
+
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation")
+    # Stored landscape, 48 x 64, bright in its top-left 16 x 16 corner (a phone's portrait video,
+    # say, stored sideways with a rotation for the player).
+    rgb = np.full((48, 64, 3), 30, np.uint8)
+    rgb[:16, :16] = 220
+    path = tmp_path / f"rot{degrees}.mp4"
+    _write_rotated(path, [rgb] * 3, degrees)
+    quarter = round(degrees / 90) % 2 == 1
+    size = (48, 64) if quarter else (64, 48)  # (width, height) as shown
+    info = video_io.probe(path)
+    assert (info.width, info.height, info.num_frames) == (*size, 3)
+    frames = list(video_io.iter_frames(path))
+    assert len(frames) == 3 and frames[0].rgb.shape == (size[1], size[0], 3)
+    # Turned counter-clockwise by 90: the top-left corner goes to the bottom-left; by -90 to
+    # the top-right; by 180 to the bottom-right.
+    img = frames[0].rgb.astype(float)
+    rows = slice(img.shape[0] - 16, None) if corner[0] else slice(0, 16)
+    cols = slice(img.shape[1] - 16, None) if corner[1] else slice(0, 16)
+    assert img[rows, cols].mean() > 200
+    bright = img.mean(-1) > 125
+    assert abs(int(bright.sum()) - 256) < 40  # nowhere else
+    tilted = [r.getMessage() for r in caplog.records if "display rotation" in r.getMessage()]
+    said = f"video {path}: display rotation of 80 degrees, rounded to 90"
+    assert tilted == ([said] if degrees == 80 else [])
+
+
 def test_decoding_is_streamed(tmp_path, monkeypatch):
     path = tmp_path / "v.mp4"
     video_io.write_video(path, _frames(10), fps=10)
