@@ -84,6 +84,15 @@ def test_synthetic_faces_video(workdir, tmp_path):
     for r, (x, y, w, h) in zip(rows, truth):  # the smoothed box follows the drifting face
         bx, by, bw, bh = (float(c) for c in r[3:7])
         assert abs(bx + bw / 2 - (x + w / 2)) < 0.15 * w and abs(by + bh / 2 - (y + h / 2)) < 0.2 * h
+    # The model saw each frame's aligned face crop: the square of 1.25 x the box, eyes level,
+    # at the model's 32 px; clips every half clip, overlaps averaged.
+    from auvmae_jax import faces
+
+    track = features.track_faces(str(video), faces.FaceDetector("opencv"), progress=False)
+    assert all(b is not None for b in track.boxes) and len(track.angles) == 20
+    crops = np.stack([faces.square_crop(f.rgb, box, 32, 1.25, angle) for f, box, angle
+                      in zip(video_io.iter_frames(video), track.boxes, track.angles)])
+    np.testing.assert_allclose(probs, _expected(ckpt, crops, features.clip_hop(None, ckpt)), atol=1e-4)
     from PIL import Image
 
     assert Image.open(tmp_path / "aus.png").size[0] > 500

@@ -145,6 +145,31 @@ def test_weight_decay_on_every_weight_matrix_of_videomae():
                        + 192 * 96 + blocks(96, 2) + 96 * patch)  # encoder_to_decoder, decoder, head
 
 
+def test_weight_decay_reaches_the_update_of_the_decayed_weights_only():
+    # With zero gradients AdamW's update is the decay alone: -lr * weight_decay * param on the
+    # weight matrices, nothing on biases, norms and the mask token; a lr multiplier scales it.
+    rng = np.random.default_rng(0)
+    params = {"fc1": {"kernel": rng.normal(size=(3, 4)), "bias": rng.normal(size=(4,))},
+              "attn": {"qkv_kernel": rng.normal(size=(4, 3, 2, 2)), "q_bias": rng.normal(size=(2, 2))},
+              "norm": {"scale": rng.normal(size=(4,)), "bias": rng.normal(size=(4,))},
+              "mask_token": rng.normal(size=(1, 1, 4))}
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    opt = common.optimizer_config(base_lr=1.0)
+    opt.weight_decay = 0.05
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    tx = trainer.make_optimizer(opt, optax.constant_schedule(0.1))
+    updates = tx.update(zeros, tx.init(params), params)[0]
+    flat_u = dict(jax.tree_util.tree_leaves_with_path(updates))
+    for key, p in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(key)
+        expected = -0.005 * np.asarray(p) if name.endswith("kernel']") else np.zeros(p.shape)
+        np.testing.assert_allclose(flat_u[key], expected, rtol=1e-6, atol=1e-9, err_msg=name)
+    half = jax.tree.map(lambda _: 0.5, params)
+    tx = trainer.make_optimizer(opt, optax.constant_schedule(0.1), half)
+    scaled = tx.update(zeros, tx.init(params), params)[0]
+    np.testing.assert_allclose(scaled["fc1"]["kernel"], -0.0025 * params["fc1"]["kernel"], rtol=1e-6)
+
+
 def test_loop_fits_a_linear_model(tmp_path):
     _, history = trainer.run(_config(num_train_steps=150, checkpoint_every=150, log_every=10), str(tmp_path),
                              _task(_records()))
@@ -178,6 +203,24 @@ def test_gradient_accumulation_equals_one_big_batch():
     four, m4 = step(state, batch, accum_steps=4)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), one.params, four.params)
+    assert float(jnp.abs(one.params["kernel"] - params["kernel"]).max()) > 1e-3  # a real update
+
+    # A loss that is no mean over rows tells the micro-batches apart: each sees 2 of the 8
+    # rows (micro-batch i: rows i and i + 4, so each device keeps its own rows), and the step
+    # reports the mean of their 4 losses.
+    seen = []
+
+    def worst_error(params, batch, rng):
+        seen.append(batch["x"].shape)
+        pred = Linear().apply({"params": params}, batch["x"])[:, 0]
+        return jnp.max(jnp.abs(pred - batch["y"])), {}
+
+    x, y = np.asarray(batch["x"]), np.asarray(batch["y"])
+    err = np.abs(x @ np.asarray(params["kernel"])[:, 0] + 0.2 - y)
+    _, m = functools.partial(step, loss_fn=worst_error)(state, batch, accum_steps=4)
+    assert (2, 3) in seen and (8, 3) not in seen
+    np.testing.assert_allclose(m["loss"], np.mean([max(err[i], err[i + 4]) for i in range(4)]), rtol=1e-6)
+    assert abs(float(m["loss"]) - err.max()) > 1e-3  # not the whole batch's worst
 
 
 def test_a_step_splits_into_whole_clips_per_batch_shard_and_micro_batch():
