@@ -105,6 +105,17 @@ def write_csv(path: str, track: features.Track, success: np.ndarray, probs: np.n
     features.write_csv_rows(path, rows)
 
 
+def time_edges(times: np.ndarray) -> np.ndarray:
+    """`[T + 1]` edges of each frame's cell on a time axis: halfway to its neighbours, the first
+    and last cells as wide as their neighbours' gaps (a variable frame rate gives unequal cells)."""
+    t = np.asarray(times, np.float64)
+    if len(t) < 2:
+        start = float(t[0]) if len(t) else 0.0
+        return np.array([start - 0.02, start + 0.02])
+    mid = (t[1:] + t[:-1]) / 2
+    return np.concatenate([[t[0] - (t[1] - t[0]) / 2], mid, [t[-1] + (t[-1] - t[-2]) / 2]])
+
+
 def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: list[int],
                        title: str = "") -> None:
     """A heat map AU x time of `probs` `[T, N]` (NaN: no face, grey), with the 0.5 threshold marked."""
@@ -116,10 +127,10 @@ def plot_probabilities(path: str, times: np.ndarray, probs: np.ndarray, aus: lis
     names = au_names(aus)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(10, 1.5 + 0.3 * len(aus)), sharex=True,
                                   gridspec_kw={"height_ratios": [len(aus), 3]}, layout="constrained")
-    t0, t1 = (float(times[0]), float(times[-1])) if len(times) else (0.0, 1.0)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.8")
-    im = ax.imshow(np.ma.masked_invalid(probs.T), aspect="auto", interpolation="nearest", cmap=cmap,
-                   vmin=0, vmax=1, extent=(t0, max(t1, t0 + 1e-3), len(aus) - 0.5, -0.5))
+    im = ax.pcolormesh(time_edges(times), np.arange(len(aus) + 1) - 0.5, np.ma.masked_invalid(probs.T),
+                       cmap=cmap, vmin=0, vmax=1)
+    ax.set_ylim(len(aus) - 0.5, -0.5)
     ax.set_yticks(range(len(aus)), names)
     ax.set_title(f"AU probabilities {title}".strip())
     fig.colorbar(im, ax=[ax, ax2], fraction=0.02)

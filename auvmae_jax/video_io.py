@@ -4,8 +4,9 @@ Decoding yields one frame at a time, so memory stays bounded for long videos. An
 container/codec FFmpeg reads works (mp4, avi, mov, mkv; h264, hevc, mpeg4, ...).
 A file that cannot be opened is a `UserError` naming it; a file that breaks off
 part-way (truncated, corrupt tail) yields the frames that decode, then a warning.
-Frames come upright, as a player shows them: a display rotation in the container
-(phones store portrait videos as landscape frames plus a rotation) is applied.
+Frames come as a player shows them: a display rotation in the container (phones
+store portrait videos as landscape frames plus a rotation) is applied, non-square pixels
+are resized to square ones, and of several video streams the largest is read.
 """
 
 from __future__ import annotations
@@ -49,14 +50,34 @@ def _open(path: str):
         raise UserError(f"video {path}: no such file")
     if os.path.isdir(path):
         raise UserError(f"video {path}: is a directory, not a video file")
-    try:
-        container = av.open(path, mode="r")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"video {path}: is an empty file")
+    try:  # absolute: FFmpeg would read `take:1.mp4` or `10:30:00.mp4` as a protocol name
+        container = av.open(os.path.abspath(path), mode="r")
     except _READ_ERRORS as e:
         raise UserError(f"video {path}: cannot be read as a video ({_reason(e)})") from None
-    if not container.streams.video:
+    if not _streams(container):
         container.close()
         raise UserError(f"video {path}: has no video stream")
     return container
+
+
+def _streams(container) -> list:
+    """The container's video streams, cover art (attached pictures) left out."""
+    return [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+
+
+def video_stream(container):
+    """The video stream to read: the largest picture (the first of equals), as FFmpeg's
+    players pick; a file with one video stream has no choice."""
+    streams = _streams(container)
+    return max(streams, key=lambda s: int(s.codec_context.width or 0) * int(s.codec_context.height or 0))
+
+
+def _pixel_aspect(stream) -> float:
+    """Width / height of one stored pixel (1 where the file does not say)."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    return float(sar) if sar and float(sar) > 0 else 1.0
 
 
 def _reason(e: Exception) -> str:
@@ -69,11 +90,27 @@ def _fps(stream) -> float:
     return float(rate) if rate else 0.0
 
 
-def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
-    """`rgb` `[H, W, 3]` turned as its container's display matrix says: `rotation` degrees
-    counter-clockwise (PyAV's `VideoFrame.rotation`, FFmpeg's `av_display_rotation_get`),
-    rounded to a quarter turn (a player shows other angles tilted; here they are rounded,
-    with one warning per file from `iter_frames`). Mirroring in the matrix (rare) is not applied."""
+def display_size(width: int, height: int, pixel_aspect: float = 1.0) -> tuple[int, int]:
+    """Stored `width x height` pixels of `pixel_aspect` (width / height of a pixel) as square pixels."""
+    if abs(pixel_aspect - 1) <= 1e-3:
+        return width, height
+    return max(1, int(round(width * pixel_aspect))), height
+
+
+def upright(rgb: np.ndarray, rotation: float, pixel_aspect: float = 1.0) -> np.ndarray:
+    """`rgb` `[H, W, 3]` as a player shows it: resized to square pixels where the file's pixels
+    are not square (`pixel_aspect`, the sample aspect ratio: DV, HDV, anamorphic DVD video),
+    then turned as its container's display matrix says: `rotation` degrees counter-clockwise
+    (PyAV's `VideoFrame.rotation`, FFmpeg's `av_display_rotation_get`), rounded to a quarter
+    turn (a player shows other angles tilted; here they are rounded, with one warning per file
+    from `iter_frames`). Mirroring in the matrix (rare) is not applied."""
+    h, w = rgb.shape[:2]
+    width, _ = display_size(w, h, pixel_aspect)
+    if width != w:
+        import cv2
+
+        shrink = cv2.INTER_AREA if width < w else cv2.INTER_LINEAR
+        rgb = cv2.resize(np.ascontiguousarray(rgb), (width, h), interpolation=shrink)
     quarters = int(round(rotation / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, quarters)) if quarters else rgb
 
@@ -87,11 +124,12 @@ def _rotation(frame) -> float:
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
-    """Frame rate, frame count, width and height of the first video stream of `path`."""
+    """Frame rate, frame count, width and height (as `iter_frames` yields the frames) of the
+    video stream of `path` (`video_stream`)."""
     path = os.fspath(path)
     container = _open(path)
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         fps = _fps(stream)
         count = int(stream.frames or 0)
         if count <= 0 and fps > 0:  # e.g. some avi/mkv: estimate from the duration
@@ -103,7 +141,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
                 seconds = 0.0
             count = int(round(seconds * fps))
         ctx = stream.codec_context
-        width, height = int(ctx.width), int(ctx.height)
+        width, height = display_size(int(ctx.width), int(ctx.height), _pixel_aspect(stream))
         try:  # the display rotation is frame side data: read it off the first frame
             rotation = _rotation(next(container.decode(stream)))
         except (StopIteration, *_READ_ERRORS):
@@ -116,9 +154,9 @@ def probe(path: str | os.PathLike) -> VideoInfo:
 
 
 def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
-    """Decode the first video stream of `path` frame by frame, as RGB uint8 `[H, W, 3]`.
+    """Decode the video stream of `path` (`video_stream`) frame by frame, as RGB uint8 `[H, W, 3]`.
 
-    Each frame is turned upright by the container's display rotation (`upright`).
+    Each frame is shown as a player would (`upright`): square pixels, display rotation applied.
     Timestamps are the frames' presentation times relative to the first frame (the
     index divided by the frame rate where the file has none). Decoding errors after
     the first frame end the iteration with one warning (truncated files; `warn=False`:
@@ -129,9 +167,14 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
     container = _open(path)
     index = 0
     try:
-        stream = container.streams.video[0]
+        stream = video_stream(container)
+        if warn and len(_streams(container)) > 1:
+            log.info("video %s: %d video streams; reading stream %d (%dx%d), the largest", path,
+                     len(_streams(container)), stream.index, stream.codec_context.width,
+                     stream.codec_context.height)
         stream.thread_type = "AUTO"  # frame + slice threads: faster, same frames
         fps = _fps(stream)
+        aspect = _pixel_aspect(stream)
         announced = int(stream.frames or 0)
         t0, tilted = None, False
         decoded = container.decode(stream)
@@ -158,7 +201,7 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
                 log.warning("video %s: display rotation of %g degrees, rounded to %d", path, rotation,
                             90 * int(round(rotation / 90.0)))
                 tilted = True
-            yield Frame(index, float(t - t0), upright(frame.to_ndarray(format="rgb24"), rotation))
+            yield Frame(index, float(t - t0), upright(frame.to_ndarray(format="rgb24"), rotation, aspect))
             index += 1
     finally:
         container.close()
@@ -174,7 +217,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     """Encode RGB uint8 frames `[H, W, 3]` (even H and W for yuv420p) to `path`; returns the count."""
     path = os.fspath(path)
     count = 0
-    with av.open(path, mode="w") as container:
+    with av.open(os.path.abspath(path), mode="w") as container:
         stream = None
         for rgb in frames:
             rgb = np.ascontiguousarray(rgb, dtype=np.uint8)

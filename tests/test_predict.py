@@ -282,3 +282,27 @@ def test_truncated_file_warns_once_on_its_own_line(workdir, tmp_path, capsys):
     warnings = [p for p in pieces if "cut.avi" in p]
     assert len(warnings) == 1 and warnings[0].startswith(f"video {cut}: ") and "truncated" in warnings[0]
     assert "finding faces: 100%" not in err and "frame/s]" in err  # the bar was drawn (and stopped early)
+
+
+def test_plot_cells_sit_at_the_frames_times(tmp_path, monkeypatch):
+    # Variable frame rate: each frame's cell spans halfway to its neighbours.
+    np.testing.assert_allclose(predict.time_edges(np.array([0.0, 0.25, 0.35, 1.0])),
+                               [-0.125, 0.125, 0.3, 0.675, 1.325])
+    np.testing.assert_allclose(predict.time_edges(np.array([2.0])), [1.98, 2.02])
+    import matplotlib.figure
+
+    meshes = []
+    original = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        meshes.extend(c for c in fig.axes[0].collections if hasattr(c, "get_coordinates"))  # the heat map
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    probs = np.array([[0.1, 0.9], [np.nan, np.nan], [0.7, 0.2], [0.3, 0.6]])
+    predict.plot_probabilities(str(tmp_path / "p.png"), np.array([0.0, 0.25, 0.35, 1.0]), probs, [1, 12])
+    (mesh,) = meshes
+    np.testing.assert_allclose(mesh.get_coordinates()[0, :, 0], [-0.125, 0.125, 0.3, 0.675, 1.325])
+    np.testing.assert_allclose(mesh.get_array().reshape(2, 4).filled(-1),
+                               [[0.1, -1, 0.7, 0.3], [0.9, -1, 0.2, 0.6]])  # AU x frame; no face: blank
+    assert (tmp_path / "p.png").stat().st_size > 1000

@@ -148,6 +148,9 @@ def test_unreadable_files_are_one_line_user_errors(tmp_path):
     assert "\n" not in str(e.value)
     with pytest.raises(UserError, match="no such file"):
         video_io.probe(tmp_path / "missing.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(UserError, match=r"empty\.mp4: is an empty file"):
+        video_io.probe(tmp_path / "empty.mp4")
     # an mp4 cut before its index (moov atom) cannot be opened at all
     full = tmp_path / "v.mp4"
     video_io.write_video(full, _frames(20), fps=10)
@@ -155,3 +158,73 @@ def test_unreadable_files_are_one_line_user_errors(tmp_path):
     cut.write_bytes(full.read_bytes()[:-2000])
     with pytest.raises(UserError, match=r"cut\.mp4"):
         list(video_io.iter_frames(cut))
+
+
+def test_a_name_with_a_colon_is_a_file_not_a_protocol(tmp_path, monkeypatch):
+    # FFmpeg reads `NAME:` at the start of a path as a protocol (`file:`, `http:`, ...).
+    monkeypatch.chdir(tmp_path)
+    assert video_io.write_video("2024-01-05T10:30:00.mp4", _frames(6), fps=10) == 6
+    assert video_io.probe("2024-01-05T10:30:00.mp4").num_frames == 6
+    assert len(list(video_io.iter_frames("2024-01-05T10:30:00.mp4"))) == 6
+
+
+def _write_stream(container, frames, sar=None):
+    import av
+
+    stream = container.add_stream("libx264", rate=10)
+    stream.height, stream.width = frames[0].shape[:2]
+    stream.pix_fmt = "yuv420p"
+    if sar is not None:
+        stream.codec_context.sample_aspect_ratio = sar
+    return stream, [av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames]
+
+
+def test_non_square_pixels_come_as_a_player_shows_them(tmp_path):
+    import fractions
+
+    import av
+
+    # 96 x 48 shown at 16:9 stored as 64 x 48 pixels 3:2 wide (anamorphic, as DV and HDV store it):
+    # a disc of the same width and height on the screen is an ellipse in the stored pixels.
+    yy, xx = np.mgrid[:48, :64]
+    disc = ((xx - 32) * 1.5) ** 2 + (yy - 24) ** 2 < 18 ** 2
+    rgb = np.repeat(np.where(disc, 220, 30).astype(np.uint8)[..., None], 3, axis=-1)
+    path = tmp_path / "anamorphic.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream, frames = _write_stream(container, [rgb] * 3, sar=fractions.Fraction(3, 2))
+        for f in frames:
+            container.mux(stream.encode(f))
+        container.mux(stream.encode())
+    info = video_io.probe(path)
+    assert (info.width, info.height) == (96, 48)
+    img = next(video_io.iter_frames(path)).rgb
+    assert img.shape == (48, 96, 3)
+    bright = img.mean(-1) > 125
+    rows, cols = np.nonzero(bright)
+    # The disc is round again: as wide as it is high (36 px).
+    assert abs((cols.max() - cols.min()) - (rows.max() - rows.min())) <= 2
+    assert 34 <= rows.max() - rows.min() <= 37
+
+
+def test_of_several_video_streams_the_largest_is_read(tmp_path, caplog):
+    import av
+
+    small = np.full((24, 32, 3), 40, np.uint8)
+    large = np.full((48, 64, 3), 200, np.uint8)
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), mode="w") as container:
+        first, a = _write_stream(container, [small] * 4)
+        second, b = _write_stream(container, [large] * 5)
+        for fa, fb in zip(a, b):
+            container.mux(first.encode(fa))
+            container.mux(second.encode(fb))
+        container.mux(second.encode(b[-1]))
+        container.mux(first.encode())
+        container.mux(second.encode())
+    info = video_io.probe(path)
+    assert (info.width, info.height, info.num_frames) in {(64, 48, 5), (64, 48, 0)}
+    with caplog.at_level(logging.INFO, logger="auvmae"):
+        frames = list(video_io.iter_frames(path))
+    assert len(frames) == 5 and frames[0].rgb.shape == (48, 64, 3) and frames[0].rgb.mean() > 150
+    assert [r.getMessage() for r in caplog.records] == [
+        f"video {path}: 2 video streams; reading stream 1 (64x48), the largest"]
