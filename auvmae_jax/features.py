@@ -160,10 +160,11 @@ def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool =
     (`faces.smooth_angles`), for crops with the eyes horizontal. `warn`: report a
     truncated file (`video_io.iter_frames`)."""
     info = video_io.probe(path)
-    times, raw, raw_angles = [], [], []
+    times, raw, raw_angles, sizes = [], [], [], []
     with _progress(info.num_frames, "finding faces" if detector else "reading", progress) as bar:
         for frame in video_io.iter_frames(path, warn=warn):
             times.append(frame.timestamp)
+            sizes.append(frame.rgb.shape[:2])
             if detector is None:
                 h, w = frame.rgb.shape[:2]
                 side = min(h, w)
@@ -176,9 +177,22 @@ def track_faces(path: str, detector: faces.FaceDetector | None, progress: bool =
                 raw.append(detector.detect(frame.rgb))
             bar.update(1)
     found = None if detector is None else [b is not None for b in raw]
-    boxes = raw if detector is None else faces.smooth_boxes(raw, max_gap=max_gap, window=window)
-    angles = faces.smooth_angles(raw_angles, window=window) if detector is not None and align else None
+    boxes, angles = raw, None
+    if detector is not None:  # over each run of frames of one size (a stream may change size)
+        boxes = _per_size(sizes, raw, lambda b: faces.smooth_boxes(b, max_gap=max_gap, window=window))
+        if align:
+            angles = _per_size(sizes, raw_angles, lambda a: faces.smooth_angles(a, window=window))
     return Track(times, boxes, found, angles)
+
+
+def _per_size(sizes: list, values: list, fn) -> list:
+    """`fn` applied to `values` over each run of consecutive frames of one size, concatenated."""
+    out, start = [], 0
+    for i in range(1, len(sizes) + 1):
+        if i == len(sizes) or sizes[i] != sizes[start]:
+            out.extend(fn(values[start:i]))
+            start = i
+    return out
 
 
 def iter_crops(path: str, boxes: list[faces.Box | None], size: int, scale: float = 1.25,

@@ -137,3 +137,31 @@ def test_hop_longer_than_the_clip(converted, tmp_path):
     out = features.extract_features(ckpt, str(tmp_path / "frames.npy"), str(tmp_path / "f.npy"), hop=4,
                                     progress=False)
     np.testing.assert_allclose(out[4:6], _direct(ckpt, frames, 4)[:1].repeat(2, axis=0), atol=1e-5)
+
+
+def test_boxes_are_smoothed_within_each_frame_size(tmp_path):
+    # A stream that changes size mid-way (a recorded video call, say): the boxes of the frames
+    # beside the change are not averaged with boxes in the other size's pixels.
+    import av
+
+    from auvmae_jax import faces
+
+    small, small_truth = face_video_frames(10, face=96, height=240, width=320, seed=5)
+    large, large_truth = face_video_frames(10, face=192, height=480, width=640, seed=5)
+    parts = []
+    for name, frames in (("a", small), ("b", large)):
+        with av.open(str(tmp_path / f"{name}.h264"), mode="w", format="h264") as container:
+            stream = container.add_stream("libx264", rate=10)
+            stream.height, stream.width = frames.shape[1:3]
+            stream.pix_fmt = "yuv420p"
+            for rgb in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+            container.mux(stream.encode())
+        parts.append((tmp_path / f"{name}.h264").read_bytes())
+    video = tmp_path / "changes.h264"
+    video.write_bytes(b"".join(parts))  # Annex B streams concatenate
+    track = features.track_faces(str(video), faces.FaceDetector("opencv"), progress=False)
+    assert len(track.boxes) == 20 and all(track.found)
+    for box, (x, y, w, h) in zip(track.boxes, small_truth + large_truth):
+        assert abs(box.x + box.w / 2 - (x + w / 2)) < 0.15 * w
+        assert abs(box.y + box.h / 2 - (y + h / 2)) < 0.15 * h
