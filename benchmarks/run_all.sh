@@ -9,13 +9,13 @@
 #   STEP_TASKS=pretrain MASKS=0.9 PROFILE_TASKS=pretrain ...   # fewer setups in parts 1 and 7
 #
 # Writes $OUT/log.txt (everything printed), $OUT/steps.jsonl, $OUT/hf.jsonl and
-# $OUT/input.jsonl, $OUT/profile.jsonl (one JSON object per measurement) and the
+# $OUT/input.jsonl, $OUT/profile.jsonl, $OUT/check.jsonl (one JSON object per measurement) and the
 # profiler trace of ViT-B pre-training steps under $OUT/trace. Each part has a time limit so
 # that one slow part cannot eat the others; a part that fails is reported and skipped.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-./bench_out}"
-PARTS="${PARTS:-1 2 3 4 5 7 8}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
+PARTS="${PARTS:-0 1 2 3 4 5 7 8}"  # 6 (ViT-S at 16, 32, 128 frames) is extra
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 PRESET="${PRESET:-B}"  # the model of parts 1, 2, 3 and 7
@@ -38,6 +38,8 @@ part() {  # part NUMBER SECONDS MODULE ARGS...
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   "$PY" -c "import jax; print('jax', jax.__version__, jax.devices())"; } 2>&1 | tee -a "$LOG"
+# 0. Numbers before speed: cuDNN's fused attention (never run by the CPU tests) against ours.
+part 0 90 benchmarks.check_attention --out="$OUT/check.jsonl" $Q
 STEPS="benchmarks.bench_steps --steps=10 --out=$OUT/steps.jsonl $Q"
 # Each setup costs 40-60 s (process start, sharded init, XLA compile), its timed steps a second.
 # 1. Headline: ViT-B, 16 frames: pre-training at mask 0.9 and 0.0, fine-tuning, inference.

@@ -249,7 +249,7 @@ def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_pat
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "log.txt").read_text()
-    assert [p for p in "12345678" if f"== part {p}," in log] == ["1", "5", "7", "8"], log
+    assert [p for p in "012345678" if f"== part {p}," in log] == ["0", "1", "5", "7", "8"], log
     assert "ended with status" not in log, log[-3000:]
     steps = [json.loads(x) for x in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [(r["task"], r["mask_ratio"], r["decoder_mask_ratio"]) for r in steps] == [
@@ -258,6 +258,27 @@ def test_device_check_runs_its_parts_of_run_all_and_collects_the_results(tmp_pat
     assert profile["task"] == "pretrain" and profile["trace"]["ms_per_step"] > 0
     inputs = [json.loads(x) for x in (tmp_path / "input.jsonl").read_text().splitlines()]
     assert [(r["repeats"], r["workers"]) for r in inputs] == [(1, 0), (1, 2), (4, 0), (4, 2)]
+    (check,) = [json.loads(x) for x in (tmp_path / "check.jsonl").read_text().splitlines()]
+    assert check["cudnn"] == "cuDNN attention needs an NVIDIA GPU (backend cpu)"
+
+
+def test_attention_check_passes_a_kernel_within_bf16s_error_and_fails_a_wrong_one(monkeypatch, capsys):
+    import jax.numpy as jnp
+
+    from auvmae_jax.models import xla_attention
+    from benchmarks import check_attention as ca
+
+    monkeypatch.setattr(ca, "cudnn_available", lambda q: None)  # as on a GPU with cuDNN
+    monkeypatch.setattr(ca, "cudnn_attention", xla_attention)  # bf16's own error: passes
+    assert ca.main(["--quick"]) == 0
+    assert "PASS" in capsys.readouterr().out
+    # Keys and values swapped: a wrong kernel, caught by its output and gradients.
+    monkeypatch.setattr(ca, "cudnn_attention", lambda q, k, v: xla_attention(q, v, k))
+    assert ca.main(["--quick"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    # Off by 3% (a wrong scale, say): also caught, though bf16 itself errs by under 1%.
+    monkeypatch.setattr(ca, "cudnn_attention", lambda q, k, v: xla_attention(q, k, v) * jnp.bfloat16(1.03))
+    assert ca.main(["--quick"]) == 1
 
 
 def test_compile_only_reports_memory_and_long_clips_pick_chunked_attention():
