@@ -209,3 +209,30 @@ def test_beam_build_leaves_out_a_split_whose_videos_all_fail(tmp_path):
         ("T1", "frames are 80x64, not square: resized whole to 32x32 (--no-detect), "
                "the aspect ratio changes")]
     assert not [n for n in os.listdir(tmp_path / "tfds") if n.startswith(".auvmae")]  # crops cache gone
+
+
+def test_label_files_as_copies_write_them(tmp_path):
+    from data_builders.bp4d import bp4d
+
+    def read(text, name="F001_T1.csv"):
+        (tmp_path / name).write_text(text)
+        report = BuildReport()
+        numbers, labels, valid = bp4d.read_occurrence_csv(str(tmp_path / name), report)
+        return numbers.tolist(), labels[:, :3].tolist(), valid[:, :3].tolist(), report
+
+    expected = ([34, 35], [[1, 0, 0], [0, 1, 0]], [[1, 1, 1], [1, 1, 0]])
+    # Tabs or semicolons instead of commas; a pandas index column before the frame column `0`.
+    for text in ("0\t1\t2\t4\n34\t1\t0\t0\n35\t0\t1\t9\n", "0;1;2;4\n34;1;0;0\n35;0;1;9\n",
+                 ",0,1,2,4\n0,34,1,0,0\n1,35,0,1,9\n"):
+        assert read(text)[:3] == expected, text
+    # A frame listed twice: the cells the rows agree on stay, the others are unknown.
+    numbers, labels, valid, report = read("0,1,2,4\n34,1,0,0\n35,0,1,9\n34,1,1,0\n34,1,0,0\n")
+    assert (numbers, labels, valid) == ([34, 35], [[1, 0, 0], [0, 1, 0]], [[1, 0, 1], [1, 1, 0]])
+    assert [p.reason for p in report.problems if "again" in p.reason] == [
+        "1 frame(s) listed again with other labels (34): valid = 0 where the rows differ"]
+    assert report.counts["label_rows_repeated"] == 1
+    # No header row: its first line holds labels, and is not taken for AU numbers.
+    with pytest.raises(ValueError, match="no header row"):
+        read("34,0,1,0\n35,1,0,0\n")
+    with pytest.raises(ValueError, match=r"one column: the file is not comma-, tab- or semicolon-separated"):
+        read("0|1|2\n34|1|0\n")

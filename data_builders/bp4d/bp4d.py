@@ -65,32 +65,48 @@ class Bp4dConfig(VideoBuildConfig):
 def read_occurrence_csv(path: str, report: BuildReport, max_lines: int = 5):
     """(numbers `[F]`, labels, valid `[F, 12]` uint8) of one AU_OCC file; ValueError if unusable.
 
-    A cell that is empty, not a number, missing or not 0/1/9 is `valid = 0` for that
-    frame and AU only; a row whose frame number is not a number is dropped. Both are
-    reported (the first `max_lines` rows) and counted (`label_cells_unusable`,
-    `label_rows_dropped`).
+    Columns are found by their header names (DATA.md): the frame number's is `0` (the first
+    column where no header cell is `0`), each AU's its number. Commas separate the cells;
+    a header without one but with tabs or semicolons sets those instead. A cell that is
+    empty, not a number, missing or not 0/1/9 is `valid = 0` for that frame and AU only; a
+    row whose frame number is not a number is dropped; a frame listed twice keeps the cells
+    both rows agree on and is `valid = 0` where they differ. All are reported (the first
+    `max_lines` rows) and counted (`label_cells_unusable`, `label_rows_dropped`,
+    `label_rows_repeated`).
     """
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
-        rows = [(k, r) for k, r in enumerate(csv.reader(f), 1) if any(c.strip() for c in r)]
+        text = f.read()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = next((d for d in (",", "\t", ";") if d in first), ",")
+    rows = [(k, r) for k, r in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1)
+            if any(c.strip() for c in r)]
     if not rows:
         raise ValueError("empty label file")
     header, body = [c.strip() for c in rows[0][1]], rows[1:]
+    frame_col = header.index("0") if "0" in header else 0
+    columns = {}
+    for i, name in enumerate(header):
+        number = _integer(name)
+        if i != frame_col and number is not None:
+            columns.setdefault(number, i)
+    named = [n for n in map(_integer, header) if n is not None]
+    if len(named) != len(set(named)):
+        raise ValueError(f"no header row: the first row {','.join(header[:8])!r}... repeats its numbers, "
+                         "so it holds labels, not AU numbers as column names")
     if not body:
         raise ValueError("no label rows under the header")
-    columns = {}
-    for i, name in enumerate(header[1:], 1):
-        number = _integer(name)
-        if number is not None:
-            columns.setdefault(number, i)
     absent = [au for au in AUS if au not in columns]
     if len(absent) == len(AUS):
-        raise ValueError(f"no AU column among {header[:6]}...: expected AU numbers as column names")
+        raise ValueError(f"no AU column among {header[:6]}...: expected AU numbers as column names"
+                         + (" (one column: the file is not comma-, tab- or semicolon-separated)"
+                            if len(header) == 1 else ""))
     if absent:
         report.problem(path, f"no column for AU {', '.join(map(str, absent))}: valid = 0 there")
     table = {}
     dropped, unusable, odd = [], [], 0
+    repeated: dict[int, None] = {}  # frames listed again with other labels, in file order
     for k, row in body:
-        number = _integer(row[0])
+        number = _integer(row[frame_col]) if frame_col < len(row) else None
         if number is None:
             dropped.append(f"line {k} {','.join(row)[:40]!r}: frame number is not a number: row dropped")
             continue
@@ -104,6 +120,9 @@ def read_occurrence_csv(path: str, report: BuildReport, max_lines: int = 5):
                 value = UNUSABLE
             values.append(value)
         if number in table:
+            if values != table[number]:
+                repeated[number] = None
+                table[number] = [a if a == b else UNUSABLE for a, b in zip(table[number], values)]
             continue
         odd += sum(v not in (0, 1, UNKNOWN, UNUSABLE) for v in values)
         table[number] = values
@@ -116,8 +135,14 @@ def read_occurrence_csv(path: str, report: BuildReport, max_lines: int = 5):
         shown = "; ".join(unusable[:max_lines])
         report.problem(path, f"{len(unusable)} cell(s) empty or not a number ({shown}{more}): "
                        "valid = 0 there")
+    if repeated:
+        shown = ", ".join(map(str, list(repeated)[:max_lines]))
+        shown += ", ..." if len(repeated) > max_lines else ""
+        report.problem(path, f"{len(repeated)} frame(s) listed again with other labels ({shown}): "
+                       "valid = 0 where the rows differ")
     report.count("label_rows_dropped", len(dropped))
     report.count("label_cells_unusable", len(unusable))
+    report.count("label_rows_repeated", len(repeated))
     if odd:
         report.problem(path, f"{odd} value(s) other than 0, 1, 9: valid = 0 there")
     if not table:
