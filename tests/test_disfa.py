@@ -100,6 +100,31 @@ def test_read_intensities_active_from_2(tmp_path):
     path.write_text("a,b\n")
     with pytest.raises(ValueError, match="no line"):
         disfa.read_intensities(str(path))
+    # A byte-order mark (Windows editors write one) is no part of line 1; a frame listed twice
+    # with other intensities is unknown; the frames come sorted.
+    path.write_bytes(b"\xef\xbb\xbf1,3\r\n3,0\r\n2,4\r\n3,2\r\n2,4\r\n")
+    report = BuildReport()
+    frames, values = disfa.read_intensities(str(path), report)
+    assert frames.tolist() == [1, 2, 3] and values.tolist() == [3, 4, -1]
+    assert [p.reason for p in report.problems] == [
+        "frame 3 listed again with another intensity: valid = 0 for it"]
+
+
+def test_an_au_file_shorter_than_the_others_is_reported(tmp_path):
+    from data_builders.disfa import disfa
+
+    for au in disfa.AUS:  # frames 1-20 in every AU file, 1-17 in AU12's
+        last = 17 if au == 12 else 20
+        (tmp_path / f"SN001_au{au}.txt").write_text("".join(f"{n},3\n" for n in range(1, last + 1)))
+    report = BuildReport()
+    numbers, labels, valid = disfa.subject_labels(str(tmp_path), "SN001", report)
+    c = disfa.AUS.index(12)
+    assert numbers.tolist() == list(range(1, 21)) and valid[:, c].tolist() == [1] * 17 + [0] * 3
+    assert valid[:, :c].all() and labels[:17, c].all()
+    assert [(os.path.basename(p.path), p.reason) for p in report.problems] == [
+        ("SN001_au12.txt",
+         "3 frame(s) labelled in the other AU files are not in this one (18-20): valid = 0 there")]
+    assert report.counts["label_cells_missing"] == 3
 
 
 def test_splits_and_fold_membership(built):

@@ -67,12 +67,13 @@ def read_intensities(path: str, report: BuildReport | None = None, max_lines: in
     """(frames, intensities) int64 `[L]` of one `SNxxx_auN.txt`; intensity -1 where unusable.
 
     A line with a frame number >= 1 but no intensity 0-5 keeps its frame with -1 (that
-    cell is `valid = 0`); a line without a frame number is dropped. Both are reported
-    (the first `max_lines` by line) and counted in `label_lines_unusable`. ValueError
-    if the file is empty or no line has a frame number.
+    cell is `valid = 0`); a line without a frame number is dropped; a frame listed again
+    with another intensity gets -1. All are reported (the first `max_lines` by line) and
+    counted in `label_lines_unusable`. ValueError if the file is empty or no line has a
+    frame number. Frames come in ascending order.
     """
     numbers, values, bad = [], [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a byte-order mark is no text
         for k, line in enumerate(f, 1):
             text = line.strip()
             if not text:
@@ -89,6 +90,12 @@ def read_intensities(path: str, report: BuildReport | None = None, max_lines: in
                 value = -1
             numbers.append(frame)
             values.append(value)
+    table: dict[int, int] = {}
+    for frame, value in zip(numbers, values):
+        if table.setdefault(frame, value) != value:
+            if table[frame] != -1:
+                bad.append(f"frame {frame} listed again with another intensity: valid = 0 for it")
+            table[frame] = -1
     if report is not None and bad:
         for reason in bad[:max_lines]:
             report.problem(path, reason)
@@ -97,7 +104,8 @@ def read_intensities(path: str, report: BuildReport | None = None, max_lines: in
         report.count("label_lines_unusable", len(bad))
     if not numbers:
         raise ValueError("no line 'frame,intensity'" if bad else "empty label file")
-    return np.asarray(numbers, np.int64), np.asarray(values, np.int64)
+    frames = sorted(table)
+    return np.asarray(frames, np.int64), np.asarray([table[f] for f in frames], np.int64)
 
 
 def _integer(text: str) -> int | None:
@@ -109,9 +117,9 @@ def _integer(text: str) -> int | None:
 
 def subject_labels(folder: str, subject: str, report: BuildReport):
     """(numbers `[F]`, labels, valid `[F, 8]` uint8) of one subject; None if no AU file is usable."""
-    per_au = {}
+    per_au, paths = {}, {}
     for au in AUS:
-        path = layouts.find_child(folder, rf"{subject}_au{au}\.txt", want_dir=False)
+        path = paths[au] = layouts.find_child(folder, rf"{subject}_au{au}\.txt", want_dir=False)
         if path is None:
             report.problem(os.path.join(folder, f"{subject}_au{au}.txt"), "missing: AU column valid = 0")
             continue
@@ -130,7 +138,19 @@ def subject_labels(folder: str, subject: str, report: BuildReport):
             rows = np.searchsorted(numbers, f)
             labels[rows, c] = v >= ACTIVE_INTENSITY
             valid[rows, c] = v >= 0
+            if len(f) < len(numbers):  # frames the subject's other AU files label
+                lacking = np.setdiff1d(numbers, f)
+                report.problem(paths[au], f"{len(lacking)} frame(s) labelled in the other AU "
+                               f"files are not in this one ({_ranges(lacking)}): valid = 0 there")
+                report.count("label_cells_missing", len(lacking))
     return numbers, labels, valid
+
+
+def _ranges(numbers: np.ndarray, most: int = 3) -> str:
+    """`18-20, 25` for sorted frame numbers (the first `most` runs)."""
+    runs = np.split(numbers, np.flatnonzero(np.diff(numbers) != 1) + 1)
+    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs[:most])
+    return text + (", ..." if len(runs) > most else "")
 
 
 def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[VideoItem]:
