@@ -124,9 +124,11 @@ def error_reason(e: BaseException, path: str) -> str:
 def numbered_images(names: Collection[str], where: str, report: BuildReport) -> tuple[tuple[int, str], ...]:
     """`(number, name)` of image files named by their frame number (`34.jpg`, `0034.jpg`), sorted.
 
-    Other names are reported and left out; two files with one number keep the first name.
+    Other names are reported and left out. Two files with one number (`0015.jpg` and
+    `15.jpg`) are reported and both left out: which is the frame is not known, so it is
+    a frame without an image (a labelled one is `valid = 0`).
     """
-    found: dict[int, str] = {}
+    found: dict[int, list[str]] = {}
     odd = []
     for name in sorted(names):
         stem, suffix = os.path.splitext(os.path.basename(name))
@@ -135,10 +137,15 @@ def numbered_images(names: Collection[str], where: str, report: BuildReport) -> 
         if not stem.isdigit():
             odd.append(name)
             continue
-        found.setdefault(int(stem), name)
+        found.setdefault(int(stem), []).append(name)
     if odd:
         report.problem(where, f"{len(odd)} image(s) not named by a frame number, skipped (e.g. {odd[0]})")
-    return tuple(sorted(found.items()))
+    clashes = [files for files in found.values() if len(files) > 1]
+    if clashes:
+        report.problem(where, f"{len(clashes)} frame number(s) with more than one image (e.g. "
+                       f"{' and '.join(clashes[0])}): left out, which is the frame is not known")
+        report.count("frames_ambiguous", len(clashes))
+    return tuple((n, files[0]) for n, files in sorted(found.items()) if len(files) == 1)
 
 
 # ---------------------------------------------------------------------------- faces

@@ -61,10 +61,18 @@ def test_config_names_carry_non_default_options():
 
 def test_numbered_images_match_integer_names():
     report = BuildReport()
-    images = frames.numbered_images(["0034.jpg", "35.jpg", "thumbs.db", "frame_36.jpg", "0034.png"],
+    images = frames.numbered_images(["0034.jpg", "35.jpg", "thumbs.db", "frame_36.jpg", "0037.JPG"],
                                     "folder", report)
-    assert images == ((34, "0034.jpg"), (35, "35.jpg"))
+    assert images == ((34, "0034.jpg"), (35, "35.jpg"), (37, "0037.JPG"))
     assert "frame_36.jpg" in report.problems[0].reason
+    # Two images of one number (a stale 0015.jpg beside 15.jpg, say): neither is taken for the frame.
+    report = BuildReport()
+    images = frames.numbered_images(["0015.jpg", "15.jpg", "16.jpg", "17.jpg", "17.png"], "F001/T1", report)
+    assert images == ((16, "16.jpg"),)
+    assert [(p.path, p.reason) for p in report.problems] == [
+        ("F001/T1", "2 frame number(s) with more than one image (e.g. 0015.jpg and 15.jpg): left out, "
+                    "which is the frame is not known")]
+    assert report.counts["frames_ambiguous"] == 2
 
 
 class _ScriptedDetector:
