@@ -163,18 +163,22 @@ def clip_examples(item: VideoItem, jpegs: dict[int, bytes], params: ClipParams,
 
     Labelled: clips follow each run of consecutive labelled frames; a frame without
     image repeats the previous image with `valid = 0`; the last clip of a run is
-    padded (`valid = 0`). Unlabelled: clips over all decoded frames, the last one
-    ending at the last frame (padded only if the video is shorter than a clip).
+    padded (`valid = 0`). Unlabelled: clips over all frames from the first decoded to
+    the last, a frame without image (an unreadable file among numbered ones, reported by
+    the preparation) repeating the previous image, so that a clip's frames keep their
+    spacing in time; the last clip ends at the last frame (padded only if the video is
+    shorter than a clip).
     """
     t = params.clip_length
     if item.numbers is None:
-        numbers = sorted(jpegs)
+        numbers = np.arange(min(jpegs), max(jpegs) + 1)
+        images = _fill_missing(numbers, jpegs)
         n = len(numbers)
         starts = clips.clip_starts(n, t, params.clip_stride)
         if n >= t:
             starts = sorted({min(s, n - t) for s in starts})
         for s in starts:
-            f = [jpegs[k] for k in numbers[s:s + t]]
+            f = images[s:s + t]
             f = f + [f[-1]] * (t - len(f))
             yield f"{item.video}_{numbers[s]:06d}", {
                 "frames": np.array(f, dtype=object), "subject": item.subject, "video": item.video,
@@ -248,7 +252,7 @@ def video_report(item: VideoItem, prepared: Prepared) -> BuildReport:
         missing = np.setdiff1d(item.numbers, prepared.available)
         if len(missing):
             report.problem(item.source.path, f"{len(missing)} labelled frame(s) without image "
-                           f"({_ranges(missing)}): previous image used, valid = 0")
+                           f"({frame_ranges(missing)}): previous image used, valid = 0")
             report.count("frames_missing", len(missing))
     return report
 
@@ -433,7 +437,7 @@ class VideoClipBuilder(tfds.core.GeneratorBasedBuilder):
             yield from clip_examples(item, jpegs, params, aug)
 
 
-def _ranges(numbers: np.ndarray, limit: int = 5) -> str:
+def frame_ranges(numbers: np.ndarray, limit: int = 5) -> str:
     """'12-15, 40' for sorted frame numbers (first `limit` runs)."""
     runs = [(int(numbers[lo]), int(numbers[hi - 1])) for lo, hi in segments(np.asarray(numbers))]
     text = ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in runs[:limit])

@@ -31,6 +31,11 @@ def test_unlabelled_clips_end_at_the_last_frame():
     assert out["v_000007"]["frames"].tolist() == [b"f7", b"f8", b"f9", b"f10"]
     short = dict(video_builder.clip_examples(item, {1: b"a", 2: b"b"}, PARAMS))
     assert short["v_000001"]["frames"].tolist() == [b"a", b"b", b"b", b"b"]
+    # Frame 6's file could not be read: frame 5's image stands in, the clips keep their timing.
+    del jpegs[6]
+    out = dict(video_builder.clip_examples(item, jpegs, PARAMS))
+    assert [int(e["start_frame"]) for e in out.values()] == [1, 5, 7]
+    assert out["v_000005"]["frames"].tolist() == [b"f5", b"f5", b"f7", b"f8"]
 
 
 def test_labelled_clips_fill_missing_images_and_pad_runs():

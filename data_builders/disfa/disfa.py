@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 from data_builders import layouts
 from data_builders.frames import FrameSource, error_reason
 from data_builders.report import BuildReport
-from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem
+from data_builders.video_builder import VideoBuildConfig, VideoClipBuilder, VideoItem, frame_ranges
 
 AUS = (1, 2, 4, 6, 9, 12, 25, 26)
 MINORITY_AUS = (1, 2, 9)
@@ -141,16 +141,10 @@ def subject_labels(folder: str, subject: str, report: BuildReport):
             if len(f) < len(numbers):  # frames the subject's other AU files label
                 lacking = np.setdiff1d(numbers, f)
                 report.problem(paths[au], f"{len(lacking)} frame(s) labelled in the other AU "
-                               f"files are not in this one ({_ranges(lacking)}): valid = 0 there")
+                               f"files are not in this one ({frame_ranges(lacking)}): valid = 0 there")
                 report.count("label_cells_missing", len(lacking))
     return numbers, labels, valid
 
-
-def _ranges(numbers: np.ndarray, most: int = 3) -> str:
-    """`18-20, 25` for sorted frame numbers (the first `most` runs)."""
-    runs = np.split(numbers, np.flatnonzero(np.diff(numbers) != 1) + 1)
-    text = ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else f"{r[0]}" for r in runs[:most])
-    return text + (", ..." if len(runs) > most else "")
 
 
 def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[VideoItem]:
