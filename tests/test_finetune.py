@@ -210,6 +210,123 @@ def test_finetune_loss_is_eq9_over_the_valid_frames():
     assert all(abs(a - b) > 1e-3 for a, b in zip(run(changed, y)[1], terms))
 
 
+class _Recorder:
+    """A stand-in for the detector that records the frames and visible positions it is handed."""
+
+    cfg = ViTConfig.from_config(dict(preset="mini", patch_size=8))
+
+    def __init__(self):
+        self.seen = []
+
+    def apply(self, variables, x, visible=None, deterministic=True, rngs=None):
+        self.seen.append((np.asarray(x), None if visible is None else np.asarray(visible)))
+        return jnp.zeros((x.shape[0], 8, 2)) + variables["params"]["bias"]
+
+
+@pytest.mark.parametrize("level,frames_in", [("video", 8), ("frame", 2), ("patch", 8)])
+def test_finetune_loss_hands_the_model_each_levels_input(level, frames_in):
+    """The clip as sampled (ImageNet-normalised); at patch level with the tube mask of ratio 0.5
+    drawn from the first half of the step's key, `jax.random.split(rng)[0]`: per clip, the 8 of
+    the 16 spatial positions with the lowest uniform noise stay visible (SPEC §2)."""
+    lvl = finetune.level_settings(mini_finetune_config("unused", level))
+    assert (lvl.num_frames, lvl.mask_ratio) == (frames_in, 0.5 if level == "patch" else 0.0)
+    model = _Recorder()
+    frames = np.random.default_rng(0).integers(0, 256, (4, frames_in, 32, 32, 3), dtype=np.uint8)
+    batch = {"frames": jnp.asarray(frames), "labels": jnp.ones((4, 8, 2), jnp.uint8),
+             "valid": jnp.ones((4, 8, 2), jnp.uint8)}
+    priors = {"class_weights": jnp.ones(2), "intra_prior": jnp.eye(2),
+              "inter_prior": jnp.full((2, 2, 16), 1 / 16)}
+    loss_fn = functools.partial(finetune.finetune_loss, model=model, level=lvl, priors=priors,
+                                lambdas=(1.0, 0.01, 0.01), kind="fro")
+    for seed in (0, 1):  # two steps' keys
+        assert np.isfinite(float(loss_fn({"bias": jnp.zeros(2)}, batch, jax.random.key(seed))[0]))
+    normalised = (frames / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    for x, _ in model.seen:
+        assert x.shape == (4, frames_in, 32, 32, 3)
+        np.testing.assert_allclose(x, normalised, rtol=1e-5, atol=1e-5)
+    if level != "patch":
+        assert [v for _, v in model.seen] == [None, None]
+        return
+    for seed, (_, visible) in enumerate(model.seen):
+        noise = np.asarray(jax.random.uniform(jax.random.split(jax.random.key(seed))[0], (4, 16)))
+        want = np.sort(np.argsort(noise, axis=1)[:, :8], axis=1)
+        assert visible is not None and visible.shape == (4, 8)
+        np.testing.assert_array_equal(visible, want)
+        assert len({tuple(row) for row in visible}) == 4  # every clip its own mask
+    assert not np.array_equal(model.seen[0][1], model.seen[1][1])  # every step new ones
+
+
+def test_frame_level_samples_every_4th_frame_and_labels_every_frame(synthetic_data_dir):
+    config = mini_finetune_config(synthetic_data_dir, "frame")
+    record = input_pipeline.data_source(input_pipeline.load_builder(config.data), "part1")[0]
+    decoded = input_pipeline.stack_images([input_pipeline.decode_jpeg(f) for f in record["frames"]])
+    labels, valid = (np.asarray(record[k]) for k in ("labels", "valid"))
+    assert decoded.shape == (8, 32, 32, 3) and valid.all()
+    assert len({frame.tobytes() for frame in decoded}) == 8  # the frames tell their index
+    example = finetune.sampler(config, train=False)(record)  # evaluation: from the start
+    np.testing.assert_array_equal(example["frames"], decoded[[0, 4]])
+    np.testing.assert_array_equal(example["labels"], labels)
+    np.testing.assert_array_equal(example["valid"], valid)
+    starts = set()
+    for seed in range(12):  # training: a random start; labels for the 8 frames from it, unknown past the end
+        example = finetune.sampler(config, train=True)(record, np.random.default_rng(seed))
+        found = [s for s in range(4) if np.array_equal(example["frames"], decoded[[s, s + 4]])]
+        assert len(found) == 1, seed  # frames s and s + 4 of the record, s in 0..3
+        start = found[0]
+        starts.add(start)
+        np.testing.assert_array_equal(example["labels"][:8 - start], labels[start:])
+        np.testing.assert_array_equal(example["valid"], np.where(np.arange(8)[:, None] < 8 - start, valid, 0))
+    assert len(starts) > 1, starts
+
+
+@pytest.mark.parametrize("level,stride", [("patch", 1), ("frame", 4)])
+def test_short_finetune_then_evaluation_at_level(level, stride, synthetic_data_dir, tmp_path):
+    """`synthetic,patch,1` and `synthetic,frame,1`: 3 training steps, then the test fold's scores,
+    from the model's probabilities on every frame of each test clip: at patch level behind the
+    evaluator's fixed tube mask (key seed + 3, one per batch of 8), at frame level from every
+    4th frame."""
+    config = mini_finetune_config(synthetic_data_dir, level)
+    config.num_train_steps = config.checkpoint_every = 3
+    workdir = str(tmp_path / "ft")
+    _, history = finetune.train(config, workdir)
+    assert [h["step"] for h in history] == [1, 2, 3] and np.isfinite([h["loss"] for h in history]).all()
+    result = evaluation.evaluate_workdir(workdir)
+    assert result["split"] == "part1"
+
+    builder = input_pipeline.load_builder(config.data)
+    aus = finetune.aus_of(builder)
+    source = input_pipeline.data_source(builder, "part1")
+    model = finetune.build_model(config, len(aus))
+    params = finetune.load_checkpoint_params(workdir)
+    evaluator = evaluation.Evaluator(model, finetune.level_settings(config), source,
+                                     finetune.sampler(config, train=False), aus, config.eval_batch_size,
+                                     seed=config.seed)
+    with sharding.config_mesh(config):
+        probs, labels, valid = evaluator.predict(params)
+        again = evaluator.predict(params)[0]
+    assert len(source) == config.eval_batch_size == 8 and probs.shape == (8, 8, len(aus))
+    np.testing.assert_array_equal(again, probs)  # the same masks at every evaluation
+    clips = np.stack([input_pipeline.stack_images([input_pipeline.decode_jpeg(f) for f in r["frames"]])
+                      for r in source])[:, ::stride]  # frame level: frames 0 and 4
+    assert clips.shape == (8, 8 // stride, 32, 32, 3)
+    x = losses.normalize_frames(clips)[1]
+    visible = None
+    if level == "patch":
+        visible = masking.tube_mask(jax.random.key(config.seed + 3), 8, 16, 0.5)[0]
+    direct = np.asarray(jax.nn.sigmoid(model.apply({"params": params}, x, visible)))
+    np.testing.assert_allclose(probs, direct, rtol=1e-5, atol=1e-6)
+    if level == "patch":  # the mask matters: without it, other probabilities
+        unmasked = np.asarray(jax.nn.sigmoid(model.apply({"params": params}, x)))
+        assert np.abs(unmasked - direct).max() > 1e-3
+    for i, r in enumerate(source):
+        np.testing.assert_array_equal(labels[i], r["labels"])
+        np.testing.assert_array_equal(valid[i], r["valid"])
+    # Every frame of the 8 clips scored (8 each, 2 of them seen at frame level), as these probs score.
+    assert result["num_frames"] == 64
+    rescored = metrics.as_json(metrics.f1_accuracy(probs, labels, valid), aus)
+    assert result["f1"] == pytest.approx(rescored["f1"]) and result["acc"] == pytest.approx(rescored["acc"])
+
+
 def test_clip_labels_stack_labels_and_valid_in_record_order():
     rng = np.random.default_rng(0)
     records = [{"labels": rng.integers(0, 2, (4, 3)).astype(np.uint8), "valid": np.ones((4, 3), np.uint8)}
