@@ -1,4 +1,9 @@
-"""3-fold subject-independent cross-validation and the loss ablation (paper Table 3)."""
+"""3-fold subject-independent cross-validation and the loss ablation (paper Table 3).
+
+On BP4D and DISFA the tables written end with the paper's figures for the same setting
+(`published.py`): Table 1/2 below a video-level cross-validation, Table 3's column of the
+level below an ablation.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import Any
 
 import jax
 
-from auvmae_jax import evaluation, finetune, input_pipeline, metrics, paths
+from auvmae_jax import evaluation, finetune, input_pipeline, metrics, paths, published
 
 log = logging.getLogger("auvmae")
 
@@ -33,6 +38,8 @@ def run_folds(config: Any, workdir: str) -> dict:
     rows["mean"] = mean
     rows["all-positive baseline (mean)"] = metrics.baseline_row(mean)
     table = metrics.markdown_table(rows, aus)
+    if config.get("level") == "video" and config.get("dataset") in published.F1:
+        table += "\n\n" + published.comparison_table(config.dataset, mean, aus)
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "crossval.json"), {"folds": results, "mean": mean})
         paths.write_text(paths.join(workdir, "crossval.md"), table + "\n")
@@ -51,6 +58,10 @@ def run_ablation(config: Any, workdir: str) -> dict:
                  row_config.loss.l_inter)
         rows[name] = run_folds(row_config, os.path.join(workdir, name.lstrip("+")))
     table = metrics.markdown_table(rows, _aus(config))
+    paper = published.ablation_table(config.get("dataset", ""), config.get("level", ""),
+                                     {name: row["f1_mean"] for name, row in rows.items()})
+    if paper:
+        table += "\n\n" + paper
     if jax.process_index() == 0:
         paths.write_json(paths.join(workdir, "ablation.json"), rows)
         paths.write_text(paths.join(workdir, "ablation.md"), table + "\n")
