@@ -236,3 +236,11 @@ def test_label_files_as_copies_write_them(tmp_path):
         read("34,0,1,0\n35,1,0,0\n")
     with pytest.raises(ValueError, match=r"one column: the file is not comma-, tab- or semicolon-separated"):
         read("0|1|2\n34|1|0\n")
+
+
+def test_image_naming_of_a_sequence():
+    from data_builders.bp4d import bp4d
+
+    assert bp4d._naming(((34, "0034.jpg"), (35, "0035.jpg"), (1000, "1000.jpg"))) == "padded"
+    assert bp4d._naming(((34, "34.jpg"), (1000, "1000.jpg"))) == "plain"
+    assert bp4d._naming(((9, "0009.jpg"), (10, "10.jpg"))) == "mixed"

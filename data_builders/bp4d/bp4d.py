@@ -200,10 +200,13 @@ def sequence_index(seq_root: str, report: BuildReport) -> dict[tuple[str, str], 
     return found
 
 
-def _padded(images: tuple[tuple[int, str], ...]) -> bool:
-    """Whether image names are zero-padded (`0034.jpg`) rather than plain (`34.jpg`)."""
+def _naming(images: tuple[tuple[int, str], ...]) -> str:
+    """'padded' (`0034.jpg`), 'plain' (`34.jpg`) or 'mixed': how a sequence names its images."""
     stems = [os.path.splitext(os.path.basename(n))[0] for _, n in images]
-    return any(len(s) > 1 and s.startswith("0") for s in stems)
+    width = max((len(s) for s in stems if len(s) > 1 and s.startswith("0")), default=0)
+    if not width:
+        return "plain"
+    return "mixed" if any(len(s) < width for s in stems) else "padded"
 
 
 def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
@@ -219,7 +222,7 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
         report.problem(root, "no Sequences folder")
         return []
     index = sequence_index(seq_root, report)
-    items, labelled, layout = [], set(), {"folders": 0, "zips": 0, "padded": 0, "plain": 0}
+    items, labelled, layout = [], set(), {"folders": 0, "zips": 0, "padded": 0, "plain": 0, "mixed": 0}
     for name in layouts.children(occ):
         path = os.path.join(occ, name)
         if not name.lower().endswith(".csv"):
@@ -245,7 +248,7 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
             report.skip(path, f"no frames found for {subject}/{task} under {seq_root}: skipped")
             continue
         layout["zips" if frames.zipped else "folders"] += 1
-        layout["padded" if _padded(images) else "plain"] += 1
+        layout[_naming(images)] += 1
         have = {n for n, _ in images}
         extra = len(have - set(numbers.tolist()))
         report.count("frames_without_labels", extra)
@@ -258,7 +261,8 @@ def list_videos(manual_dir: str, report: BuildReport) -> list[VideoItem]:
             report.skip(where, f"no label file ({os.path.basename(occ)}/{subject}_{task}.csv): skipped")
     note = (f"bp4d: labels in {os.path.relpath(occ, root)}, frames in {os.path.basename(seq_root)}: "
             f"{layout['folders']} sequence folder(s), {layout['zips']} sequence(s) in subject zips; "
-            f"image names zero-padded (0034.jpg) in {layout['padded']}, plain (34.jpg) in {layout['plain']}")
+            f"image names zero-padded (0034.jpg) in {layout['padded']}, plain (34.jpg) in {layout['plain']}"
+            + (f", both in {layout['mixed']}" if layout["mixed"] else ""))
     log.info("%s", note)
     report.note(note)
     return items
