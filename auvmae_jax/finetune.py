@@ -162,11 +162,14 @@ def load_checkpoint_params(path: str) -> dict:
         raise UserError(f"checkpoint {path}: no checkpoint in {ckpt_dir} (has its training saved one?)")
     # The parameters alone, as whole host arrays in every process, however many devices and
     # processes wrote them (a restore as saved would give arrays sharded over those devices).
-    saved = manager.item_metadata(step)["state"]["params"]
-    item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True)))
+    try:
+        saved = manager.item_metadata(step)["state"]["params"]
+        item = {"params": jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved)}
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item=item, restore_args=as_numpy, partial_restore=True)))
+    except Exception as e:  # noqa: BLE001 - orbax words a missing or cut file many ways
+        raise trainer.damaged_checkpoint(manager, step, e) from None
     return restored.state["params"]
 
 

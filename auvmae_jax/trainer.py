@@ -8,12 +8,15 @@ optimizer, step and data position), metrics, progress and preemption.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import re
 import signal
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -169,6 +172,64 @@ def prepare_workdir(workdir: str, config: Any) -> str:
     return workdir
 
 
+LOCK_FILE = ".auvmae_lock"
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _running_here(pid: int, start: str | None) -> bool:
+    """Whether process `pid` of this machine still runs (and is the one that started at
+    `start`, where known: a reused pid is not it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+    """`workdir/.auvmae_lock` while a run trains there (process 0): a second run started on
+    the same workdir from this machine stops with one line instead of overwriting the first
+    one's checkpoints. A lock left by a run that died (its process gone) or written on
+    another machine (a relaunch after preemption) is taken over."""
+    if jax.process_index() != 0:
+        yield
+        return
+    path = epath.Path(workdir) / LOCK_FILE
+    host, pid = socket.gethostname(), os.getpid()
+    try:
+        held = json.loads(path.read_text()) if path.exists() else None
+    except (OSError, ValueError):
+        held = None
+    if (held and held.get("host") == host and held.get("pid") != pid
+            and _running_here(int(held.get("pid", 0)), held.get("start"))):
+        raise UserError(f"workdir {workdir} is in use by process {held['pid']} on this machine, running "
+                        f"since {held.get('since', '?')} ({path}): two runs would overwrite each other's "
+                        "checkpoints; wait for it, stop it, or use another workdir")
+    mine = {"host": host, "pid": pid, "start": _process_start(pid),
+            "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.write_text(json.dumps(mine))
+    try:
+        yield
+    finally:
+        try:
+            if json.loads(path.read_text()) == mine:
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
 def save_config(workdir: str, config: Any) -> None:
     """`workdir/config.json`: the config of the run (process 0)."""
     if jax.process_index() == 0:
@@ -177,7 +238,9 @@ def save_config(workdir: str, config: Any) -> None:
 
 def checkpoint_manager(workdir: str, config: Any) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+    return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options,
+                                 item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                "data": DataPositions()})
 
 
 class DataPositions(ocp.CheckpointHandler):
@@ -320,6 +383,12 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
     """
     distributed.initialize()  # several processes: join them before any backend starts
     workdir = prepare_workdir(workdir, config)  # fail early, before any data is read
+    with workdir_lock(workdir):
+        return _train(config, workdir, make_task, hooks)
+
+
+def _train(config: Any, workdir: str, make_task: Callable[[str], Task],
+           hooks: tuple) -> tuple[TrainState, list[dict]]:
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.logical_axis_rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
@@ -386,15 +455,17 @@ def run(config: Any, workdir: str, make_task: Callable[[str], Task],
                         task.evaluate(state, step, writer)
                         progress.restart(step)  # steps/s and the ETA count training steps only
                     if save:
-                        manager.save(step, args=ocp.args.Composite(
-                            state=ocp.args.StandardSave(state), data=DataPositionsSave(data_state)))
+                        with _saving(manager, step):
+                            manager.save(step, args=ocp.args.Composite(
+                                state=ocp.args.StandardSave(state), data=DataPositionsSave(data_state)))
                     for hook in hooks:
                         hook(step, state)
                     if stop:
                         stopped_at = step
                         break
         finally:
-            manager.wait_until_finished()
+            with _saving(manager, manager.latest_step()):
+                manager.wait_until_finished()
             writer.flush()
     log.info("checkpoints: %s", os.path.join(workdir, "checkpoints"))
     if stopped_at is not None and stopped_at < num_steps:
@@ -428,20 +499,73 @@ def total_steps(config: Any, steps_per_epoch: int) -> int:
     return int(config.num_epochs * steps_per_epoch)
 
 
+def _tree_shapes(tree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """`{path: shape}` of a pytree's leaves, paths as plain names (dict keys, attributes and
+    indices alike), so that a train state and orbax's metadata of its checkpoint compare."""
+    def name(key) -> str:
+        return str(next((getattr(key, a) for a in ("key", "name", "idx") if hasattr(key, a)), key))
+
+    return {tuple(map(name, path)): tuple(getattr(leaf, "shape", ()))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _misfit(saved: dict, wanted: dict) -> str:
+    """The first difference between two `_tree_shapes`, in words."""
+    for path in sorted(set(saved) | set(wanted)):
+        if saved.get(path) != wanted.get(path):
+            where = "/".join(path)
+            if path not in saved:
+                return f"{where} is not in it"
+            if path not in wanted:
+                return f"it has {where}, which this config's train state lacks"
+            return f"{where} is {saved[path]} there, {wanted[path]} here"
+    return ""
+
+
+def damaged_checkpoint(manager: ocp.CheckpointManager, step: int, error: BaseException) -> UserError:
+    earlier = [s for s in manager.all_steps() if s < step]
+    then = (f"fall back on step {max(earlier)}, the checkpoint before it" if earlier
+            else "start afresh (there is no earlier checkpoint)")
+    reason = " ".join(str(error).split())[:200] or type(error).__name__
+    return UserError(f"checkpoint {manager.directory}/{step} cannot be read ({reason}): it is damaged, as "
+                     f"by a crash or a full disk while it was written; delete that directory to {then}")
+
+
+@contextlib.contextmanager
+def _saving(manager: ocp.CheckpointManager, step: int | None):
+    """A checkpoint save (or the wait for one) that fails becomes one line: where, why, and
+    the last checkpoint that is complete (a relaunch resumes from it)."""
+    try:
+        yield
+    except (OSError, ValueError, RuntimeError) as e:
+        text = " ".join(str(e).split())
+        reason = "no space left on device" if "No space left" in text else text[:200]
+        done = [s for s in manager.all_steps() if step is None or s < step]
+        last = f"step {max(done)}" if done else "none"
+        raise UserError(f"cannot save checkpoint {step} in {manager.directory}: {reason}; the last complete "
+                        f"checkpoint: {last} (the same command resumes from it once this is fixed)") from None
+
+
 def _restore(manager: ocp.CheckpointManager, state: TrainState, data_iter) -> TrainState:
     step = manager.latest_step()
     if step is None:
         return state
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+    try:  # first the saved tree's names and shapes: another config's, or unreadable?
+        saved = _tree_shapes(manager.item_metadata(step)["state"])
+    except Exception as e:  # noqa: BLE001 - orbax words a missing or cut file many ways
+        raise damaged_checkpoint(manager, step, e) from None
+    if saved != _tree_shapes(abstract):
+        raise UserError(
+            f"checkpoint {manager.directory}/{step} does not fit this config's model and optimizer "
+            f"({_misfit(saved, _tree_shapes(abstract))}); the workdir's config.json holds the config that "
+            "wrote it: resume with that one, or use another workdir")
     try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=DataPositionsRestore()))
-    except ValueError as e:  # orbax: the saved tree or shapes differ from this config's model
-        raise UserError(
-            f"checkpoint {manager.directory}/{step} does not fit this config's model and optimizer "
-            f"({' '.join(str(e).split())[:200]}...); the workdir's config.json holds the config that "
-            "wrote it: resume with that one, or use another workdir") from e
+    except Exception as e:  # noqa: BLE001 - the tree fits: its files are missing, cut or unreadable
+        raise damaged_checkpoint(manager, step, e) from None
     if restored.data is not None:
         data_iter.set_state(restored.data)
     else:

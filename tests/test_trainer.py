@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from auvmae_jax import trainer
+from auvmae_jax import finetune, trainer
 from auvmae_jax.errors import Preempted, UserError
 from configs import common
 
@@ -276,13 +276,60 @@ def test_a_config_that_does_not_fit_the_checkpoint_is_one_line_and_keeps_config_
     trainer.run(_config(num_train_steps=2), str(tmp_path), _task(_records()))
     clipped = _config(num_train_steps=4)
     clipped.optimizer.grad_clip = 1.0  # another optimizer state: the checkpoint cannot be restored
-    with pytest.raises(UserError, match=rf"checkpoint {tmp_path}/checkpoints/2 does not fit this config"):
+    misfit = r"it has opt_state/0/0/count, which this config's train state lacks"
+    with pytest.raises(UserError, match=rf"checkpoint {tmp_path}/checkpoints/2 does not fit this config's "
+                                        rf"model and optimizer \({misfit}\)"):
         trainer.run(clipped, str(tmp_path), _task(_records()))
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["num_train_steps"] == 2 and saved["optimizer"]["grad_clip"] == 0.0  # what wrote it
     _, history = trainer.run(_config(num_train_steps=4), str(tmp_path), _task(_records()))
     assert [h["step"] for h in history] == [3, 4]
     assert json.loads((tmp_path / "config.json").read_text())["num_train_steps"] == 4
+
+
+@pytest.mark.parametrize("damage", ["cut_a_data_file", "empty_step_dir", "cut_metadata"])
+def test_a_damaged_checkpoint_is_one_line_that_says_what_to_delete(tmp_path, damage):
+    import shutil
+
+    trainer.run(_config(num_train_steps=4), str(tmp_path), _task(_records()))  # checkpoints 2 and 4
+    latest = tmp_path / "checkpoints" / "4"
+    if damage == "cut_a_data_file":  # the largest file of the saved arrays, cut short
+        files = [p for p in (latest / "state").rglob("*") if p.is_file()]
+        biggest = max(files, key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[:100])
+    elif damage == "empty_step_dir":
+        for child in latest.iterdir():
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+    else:
+        (latest / "state" / "_METADATA").write_text('{"tree_metadata": ')
+    said = r"is damaged, .*; delete that directory to fall back on step 2, the checkpoint before it$"
+    with pytest.raises(UserError, match=rf"checkpoint {tmp_path}/checkpoints/4 cannot be read \(.+\): it "
+                                        + said):
+        trainer.run(_config(num_train_steps=6), str(tmp_path), _task(_records()))
+    with pytest.raises(UserError, match=said):  # evaluate, predict, init_from: the same line
+        finetune.load_checkpoint_params(str(tmp_path))
+    shutil.rmtree(latest)  # as the line says
+    _, history = trainer.run(_config(num_train_steps=6), str(tmp_path), _task(_records()))
+    assert [h["step"] for h in history] == [3, 4, 5, 6]
+
+
+def test_a_save_that_fails_is_one_line_with_the_last_complete_checkpoint(tmp_path, monkeypatch):
+    import orbax.checkpoint as ocp
+
+    save = ocp.CheckpointManager.save
+
+    def full_disk(self, step, *args, **kwargs):
+        if step == 4:
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing to file: No space left on device [28]")
+        return save(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+    with pytest.raises(UserError, match=rf"^cannot save checkpoint 4 in {tmp_path}/checkpoints: no space "
+                       r"left on device; the last complete checkpoint: step 2 \(the same command resumes"):
+        trainer.run(_config(num_train_steps=6), str(tmp_path), _task(_records()))
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)  # space freed
+    _, history = trainer.run(_config(num_train_steps=6), str(tmp_path), _task(_records()))
+    assert [h["step"] for h in history] == [3, 4, 5, 6]
 
 
 def test_a_finished_run_again_trains_nothing_and_writes_no_events(tmp_path):
@@ -313,3 +360,32 @@ def test_data_positions_are_per_process_and_survive_a_new_process_count(tmp_path
     assert handler.restore(epath.Path(other)) == {"next_index": 3}
     (tmp_path / "none").mkdir()
     assert handler.restore(epath.Path(tmp_path / "none")) is None
+
+
+def test_a_second_run_on_a_workdir_in_use_stops_with_one_line(tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    lock = tmp_path / trainer.LOCK_FILE
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a run of another process of this machine holds the workdir
+        lock.write_text(json.dumps({"host": socket.gethostname(), "pid": other.pid,
+                                    "since": "2026-12-03 08:00", "start": trainer._process_start(other.pid)}))
+        said = (rf"^workdir {tmp_path} is in use by process {other.pid} on this machine, running since "
+                r"2026-12-03 08:00 \(.*\.auvmae_lock\): two runs would overwrite each other's checkpoints")
+        with pytest.raises(UserError, match=said):
+            trainer.run(_config(num_train_steps=2), str(tmp_path), _task(_records()))
+        assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+    finally:
+        other.kill()
+        other.wait()
+    # Its process gone (a hard kill), or the lock written by another machine: taken over.
+    for name, held in (("gone", {"host": socket.gethostname(), "pid": other.pid, "start": None}),
+                       ("elsewhere", {"host": "another-machine", "pid": os.getpid(), "start": None})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / trainer.LOCK_FILE).write_text(json.dumps(held))
+        _, history = trainer.run(_config(num_train_steps=2), str(tmp_path / name), _task(_records()))
+        assert history[-1]["step"] == 2
+        assert not (tmp_path / name / trainer.LOCK_FILE).exists()  # released at the end
