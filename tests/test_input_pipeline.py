@@ -82,6 +82,11 @@ def test_train_sampling_random_start_crop_and_flip():
     assert flips == {True, False} and len(boxes) == 40  # a box of its own per draw, anywhere in the frame
     assert len({min(b[0], b[2]) for b in boxes}) > 5 and len({b[1] for b in boxes}) > 5
     assert min(areas) < 0.4 and max(areas) > 0.5 and min(ratios) < 0.9 and max(ratios) > 1.1
+    # flip=False (the demo's fine-tuning: aligned faces): the same crops, never mirrored.
+    unflipped = ClipSampler(num_frames=4, temporal_stride=1, image_size=32, train=True,
+                            crop_scale=(0.3, 0.6), crop_ratio=(3 / 4, 4 / 3), flip=False)
+    assert not any(float(c[0]) > float(c[2]) for c in
+                   (unflipped(rec, np.random.default_rng(seed))["crop"] for seed in range(40)))
 
 
 def test_crop_box_stays_inside_and_respects_scale():
