@@ -556,10 +556,11 @@ def _restore(manager: ocp.CheckpointManager, state: TrainState, data_iter) -> Tr
         saved = _tree_shapes(manager.item_metadata(step)["state"])
     except Exception as e:  # noqa: BLE001 - orbax words a missing or cut file many ways
         raise damaged_checkpoint(manager, step, e) from None
-    if saved != _tree_shapes(abstract):
+    wanted = _tree_shapes(abstract)
+    if saved != wanted:
         raise UserError(
             f"checkpoint {manager.directory}/{step} does not fit this config's model and optimizer "
-            f"({_misfit(saved, _tree_shapes(abstract))}); the workdir's config.json holds the config that "
+            f"({_misfit(saved, wanted)}); the workdir's config.json holds the config that "
             "wrote it: resume with that one, or use another workdir")
     try:
         restored = manager.restore(step, args=ocp.args.Composite(

@@ -111,8 +111,13 @@ def upright(rgb: np.ndarray, rotation: float, pixel_aspect: float = 1.0) -> np.n
 
         shrink = cv2.INTER_AREA if width < w else cv2.INTER_LINEAR
         rgb = cv2.resize(np.ascontiguousarray(rgb), (width, h), interpolation=shrink)
-    quarters = int(round(rotation / 90.0)) % 4
+    quarters = _quarters(rotation) % 4
     return np.ascontiguousarray(np.rot90(rgb, quarters)) if quarters else rgb
+
+
+def _quarters(rotation: float) -> int:
+    """A display rotation in degrees as counter-clockwise quarter turns, rounded."""
+    return int(round(rotation / 90.0))
 
 
 def _rotation(frame) -> float:
@@ -146,7 +151,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
             rotation = _rotation(next(container.decode(stream)))
         except (StopIteration, *_READ_ERRORS):
             rotation = 0.0
-        if int(round(rotation / 90.0)) % 2:
+        if _quarters(rotation) % 2:
             width, height = height, width
         return VideoInfo(fps=fps, num_frames=count, width=width, height=height)
     finally:
@@ -168,10 +173,10 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
     index = 0
     try:
         stream = video_stream(container)
-        if warn and len(_streams(container)) > 1:
+        streams = len(_streams(container))
+        if warn and streams > 1:
             log.info("video %s: %d video streams; reading stream %d (%dx%d), the largest", path,
-                     len(_streams(container)), stream.index, stream.codec_context.width,
-                     stream.codec_context.height)
+                     streams, stream.index, stream.codec_context.width, stream.codec_context.height)
         stream.thread_type = "AUTO"  # frame + slice threads: faster, same frames
         fps = _fps(stream)
         aspect = _pixel_aspect(stream)
@@ -199,7 +204,7 @@ def iter_frames(path: str | os.PathLike, warn: bool = True) -> Iterator[Frame]:
             rotation = _rotation(frame)
             if rotation % 90 and not tilted:
                 log.warning("video %s: display rotation of %g degrees, rounded to %d", path, rotation,
-                            90 * int(round(rotation / 90.0)))
+                            90 * _quarters(rotation))
                 tilted = True
             yield Frame(index, float(t - t0), upright(frame.to_ndarray(format="rgb24"), rotation, aspect))
             index += 1

@@ -146,7 +146,6 @@ def subject_labels(folder: str, subject: str, report: BuildReport):
     return numbers, labels, valid
 
 
-
 def list_videos(manual_dir: str, camera: str, report: BuildReport) -> list[VideoItem]:
     """The DISFA videos under `manual_dir` (or its one sub-folder holding `ActionUnit_Labels`)."""
     from auvmae_jax import video_io
